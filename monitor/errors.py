@@ -1,0 +1,25 @@
+"""The monitor's exceptions: one root, one child per area.
+
+Adapters catch their library's exception and raise one of these ``from`` it, so a user sees one
+clear line and the log keeps the traceback.
+"""
+
+
+class MonitorError(Exception):
+    """Anything the monitor reports to a user as a one-line error."""
+
+
+class ConfigError(MonitorError):
+    """A setting is missing, malformed or inconsistent."""
+
+
+class ServiceError(MonitorError):
+    """A local service (Kafka, PostgreSQL) could not be resolved, started, stopped or reached."""
+
+
+class BrokerError(MonitorError):
+    """The Kafka broker refused or failed a request."""
+
+
+class StorageError(MonitorError):
+    """The database refused or failed a request, or its schema is not at the expected revision."""

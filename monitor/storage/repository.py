@@ -1,0 +1,114 @@
+"""Idempotent writes: a redelivered record inserts nothing and changes nothing.
+
+Every function takes an open ``Session`` (the caller owns the transaction) and uses
+``INSERT ... ON CONFLICT DO NOTHING`` on the table's natural key, on PostgreSQL and SQLite alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from monitor.records import Post, Prediction
+from monitor.storage.tables import LIVE_RUN, Base, Explanation, Signal, utcnow
+from monitor.storage.tables import Post as PostRow
+from monitor.storage.tables import Prediction as PredictionRow
+
+# SQLite allows 32,766 bound variables per statement; keep every batch well under it.
+_CHUNK = 500
+
+PostKey = tuple[str, str]  # (source, source id)
+
+
+def _insert_new(session: Session, table: Table, rows: Sequence[Mapping[str, Any]], key: Sequence[str]) -> int:
+    """Insert the rows whose ``key`` is not present yet; return how many were inserted."""
+    dialect = session.get_bind().dialect.name
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
+    if insert is None:
+        raise NotImplementedError(f"idempotent upserts are implemented for PostgreSQL and SQLite, not {dialect}")
+    inserted = 0
+    for start in range(0, len(rows), _CHUNK):
+        chunk = rows[start : start + _CHUNK]
+        result = session.execute(insert(table).values(list(chunk)).on_conflict_do_nothing(index_elements=list(key)))
+        inserted += max(result.rowcount or 0, 0)
+    return inserted
+
+
+def _table(model: type[Base]) -> Table:
+    return model.__table__  # type: ignore[return-value]
+
+
+def upsert_posts(session: Session, posts: Iterable[Post], *, now: datetime | None = None) -> dict[PostKey, int]:
+    """Store posts not seen before; return the database id of every given post by (source, id)."""
+    ingested_at = now or utcnow()
+    unique: dict[PostKey, Post] = {}
+    for post in posts:
+        unique.setdefault((post.source, post.id), post)
+    if not unique:
+        return {}
+    rows = [
+        {
+            "source": p.source,
+            "source_id": p.id,
+            "author": p.author,
+            "text": p.text,
+            "lang": p.lang,
+            "geo": p.geo,
+            "created_at": p.created_at,
+            "ingested_at": ingested_at,
+        }
+        for p in unique.values()
+    ]
+    _insert_new(session, _table(PostRow), rows, ("source", "source_id"))
+    return post_ids(session, list(unique))
+
+
+def post_ids(session: Session, keys: Sequence[PostKey]) -> dict[PostKey, int]:
+    """Database ids for (source, source id) pairs that exist."""
+    found: dict[PostKey, int] = {}
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        rows = session.execute(
+            select(PostRow.source, PostRow.source_id, PostRow.id).where(
+                tuple_(PostRow.source, PostRow.source_id).in_(chunk)
+            )
+        )
+        found.update({(source, source_id): pk for source, source_id, pk in rows})
+    return found
+
+
+def upsert_predictions(
+    session: Session, predictions: Iterable[Prediction], ids: Mapping[PostKey, int], *, run: str = LIVE_RUN
+) -> int:
+    """Store predictions not stored before for (post, task, model version, run); return how many."""
+    rows = [
+        {
+            "post_id": ids[(p.source, p.post_id)],
+            "task": p.task,
+            "model_version": p.model_version,
+            "run": run,
+            "label": p.label,
+            "probabilities": dict(p.probabilities),
+            "confidence": p.confidence,
+            "escalated": p.escalated,
+        }
+        for p in predictions
+    ]
+    return _insert_new(session, _table(PredictionRow), rows, ("post_id", "task", "model_version", "run"))
+
+
+def upsert_explanations(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Store explanation rows (columns of ``Explanation``) not stored before; return how many."""
+    key = ("post_id", "task", "model_version", "run", "llm_model", "prompt_version")
+    return _insert_new(session, _table(Explanation), [{"run": LIVE_RUN, **row} for row in rows], key)
+
+
+def upsert_signals(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Store signal rows (columns of ``Signal``) not stored before; return how many."""
+    key = ("post_id", "task", "model_version", "run")
+    return _insert_new(session, _table(Signal), [{"run": LIVE_RUN, **row} for row in rows], key)

@@ -1,0 +1,197 @@
+"""SQLAlchemy tables: posts, predictions, explanations, signals and replay runs.
+
+Every table that a stream writes has a natural unique key, so an at-least-once redelivery of the
+same record inserts nothing new (see ``repository``). The same schema runs on PostgreSQL and on
+the embedded SQLite default; Alembic migrations under ``alembic/`` are generated from here.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: The run name of the live pipeline; a replay stores its results under its own run name.
+LIVE_RUN = "live"
+
+VERDICTS = ("confirm", "reject", "unverified", "over_budget")
+DECIDERS = ("classifier", "llm")
+RUN_STATUSES = ("running", "done", "failed")
+
+# Deterministic constraint names, so migrations read the same on every dialect.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always returned timezone-aware (SQLite forgets the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware timestamp")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite auto-increments INTEGER PRIMARY KEY only
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Post(Base):
+    """A post as ingested: keyed by its source and the source's own id (a string, never a number)."""
+
+    __tablename__ = "posts"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    source: Mapped[str] = mapped_column(String(64))
+    source_id: Mapped[str] = mapped_column(String(128))
+    author: Mapped[str | None] = mapped_column(String(64), comment="keyed hash of the author, never the name")
+    text: Mapped[str] = mapped_column(Text)
+    lang: Mapped[str | None] = mapped_column(String(16))
+    geo: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ingested_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("source", "source_id"),
+        Index(None, "created_at"),
+    )
+
+
+class Prediction(Base):
+    """One classifier output: a post, a task, a model version, within a run (``live`` or a replay)."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    post_id: Mapped[int] = mapped_column(ForeignKey("posts.id", ondelete="CASCADE"))
+    task: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(128))
+    run: Mapped[str] = mapped_column(String(128), default=LIVE_RUN)
+    label: Mapped[str] = mapped_column(String(64))
+    probabilities: Mapped[dict[str, float]] = mapped_column(Json)
+    confidence: Mapped[float] = mapped_column(Float)
+    escalated: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("post_id", "task", "model_version", "run"),
+        Index(None, "task", "run", "created_at"),
+        CheckConstraint("confidence >= 0 AND confidence <= 1", name="confidence_range"),
+    )
+
+
+class Explanation(Base):
+    """The LLM explainer's verdict on a classifier label, with the prompt version that produced it."""
+
+    __tablename__ = "explanations"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    post_id: Mapped[int] = mapped_column(ForeignKey("posts.id", ondelete="CASCADE"))
+    task: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(128), comment="classifier version whose label was checked")
+    run: Mapped[str] = mapped_column(String(128), default=LIVE_RUN)
+    llm_model: Mapped[str] = mapped_column(String(256))
+    prompt_version: Mapped[str] = mapped_column(String(64))
+    predicted_label: Mapped[str] = mapped_column(String(64))
+    verdict: Mapped[str] = mapped_column(String(16))
+    final_label: Mapped[str] = mapped_column(String(64))
+    rationale: Mapped[str | None] = mapped_column(Text)
+    evidence: Mapped[str | None] = mapped_column(Text, comment="a quote that occurs in the post")
+    reason: Mapped[str | None] = mapped_column(Text, comment="why the output is unverified or was not produced")
+    latency_s: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("post_id", "task", "model_version", "run", "llm_model", "prompt_version"),
+        CheckConstraint(_one_of("verdict", VERDICTS), name="verdict"),
+    )
+
+
+class Signal(Base):
+    """A flagged health signal: a post whose final label is one of its task's signal labels."""
+
+    __tablename__ = "signals"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    post_id: Mapped[int] = mapped_column(ForeignKey("posts.id", ondelete="CASCADE"))
+    task: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(128))
+    run: Mapped[str] = mapped_column(String(128), default=LIVE_RUN)
+    label: Mapped[str] = mapped_column(String(64))
+    confidence: Mapped[float] = mapped_column(Float)
+    decided_by: Mapped[str] = mapped_column(String(16))
+    post_created_at: Mapped[datetime] = mapped_column(UTCDateTime(), comment="the post's own time, for bucketing")
+    flagged_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("post_id", "task", "model_version", "run"),
+        Index(None, "task", "run", "post_created_at"),
+        CheckConstraint(_one_of("decided_by", DECIDERS), name="decided_by"),
+        CheckConstraint("confidence >= 0 AND confidence <= 1", name="confidence_range"),
+    )
+
+
+class ReplayRun(Base):
+    """A replay of a topic's time range with a given model and policy, and its report."""
+
+    __tablename__ = "replay_runs"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    topic: Mapped[str] = mapped_column(String(249))
+    from_ts: Mapped[datetime] = mapped_column(UTCDateTime())
+    to_ts: Mapped[datetime] = mapped_column(UTCDateTime())
+    model_path: Mapped[str | None] = mapped_column(Text)
+    model_version: Mapped[str | None] = mapped_column(String(128))
+    policy: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    report: Mapped[dict[str, Any] | None] = mapped_column(Json)
+
+    __table_args__ = (CheckConstraint(_one_of("status", RUN_STATUSES), name="status"),)

@@ -1,0 +1,33 @@
+"""Which topics the project needs, with partitions and retention: pure, from settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from monitor.config import KafkaSettings, TopicSettings
+
+_HOUR_MS = 3_600_000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication_factor: int
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+def topic_specs(kafka: KafkaSettings, topics: TopicSettings) -> list[TopicSpec]:
+    """The project's topics: every stage topic, plus the dead-letter topic with a longer retention."""
+    specs = []
+    for role, name in topics.all().items():
+        hours = kafka.dead_letter_retention_hours if role == "dead_letter" else kafka.retention_hours
+        specs.append(
+            TopicSpec(
+                name=name,
+                partitions=kafka.partitions,
+                replication_factor=kafka.replication_factor,
+                configs={"retention.ms": str(hours * _HOUR_MS), "cleanup.policy": "delete"},
+            )
+        )
+    return specs
