@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _HOME = Path.home()
@@ -105,7 +105,8 @@ class DatabaseSettings(_Section):
 
     url: str = Field(
         f"sqlite:///{DEFAULT_DATA_DIR / 'monitor.db'}",
-        description="SQLAlchemy URL: sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB",
+        description="SQLAlchemy URL: sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB "
+        "(default: monitor.db in MONITOR_DATA_DIR)",
     )
     echo: bool = Field(False, description="Log every SQL statement")
     pool_size: int = Field(5, ge=1, le=100, description="Connection pool size (PostgreSQL)")
@@ -214,6 +215,22 @@ class Settings(BaseSettings):
     explainer: ExplainerSettings = ExplainerSettings()
     metrics: MetricsSettings = MetricsSettings()
     services: ServicesSettings = ServicesSettings()
+
+    @field_validator("data_dir", "cache_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sqlite_in_data_dir(cls, data: object) -> object:
+        """Without an explicit database URL, the SQLite file follows ``data_dir``."""
+        if isinstance(data, dict):
+            database = data.get("database") or {}
+            if isinstance(database, dict) and not database.get("url"):
+                data_dir = Path(str(data.get("data_dir") or DEFAULT_DATA_DIR)).expanduser()
+                data = {**data, "database": {**database, "url": f"sqlite:///{data_dir / 'monitor.db'}"}}
+        return data
 
 
 def env_name(section: str | None, field: str) -> str:

@@ -1,0 +1,1 @@
+"""The Faust stream wiring: the app, its topics and its agents. Everything else is in ``monitor``."""

@@ -1,0 +1,38 @@
+"""``create_app(settings)``: the Faust app every worker role runs.
+
+Commits and offsets are Kafka's (at-least-once); exact results come from idempotent writes in
+``monitor.storage.repository``, never from Faust table state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faust
+
+from monitor.config import Settings, parse_bootstrap
+
+
+def broker_urls(settings: Settings) -> list[str]:
+    return [f"kafka://{host}:{port}" for host, port in parse_bootstrap(settings.kafka.bootstrap_servers)]
+
+
+def create_app(settings: Settings, *, app_id: str = "health-monitor", **overrides: object) -> faust.App:
+    """A Faust app bound to the configured broker, with the project's topic defaults."""
+    options: dict[str, object] = {
+        "broker": broker_urls(settings),
+        "broker_client_id": settings.kafka.client_id,
+        "broker_request_timeout": settings.kafka.request_timeout_s,
+        "store": "memory://",
+        "datadir": str(Path(settings.data_dir) / "faust" / app_id),
+        "topic_partitions": settings.kafka.partitions,
+        "topic_replication_factor": settings.kafka.replication_factor,
+        # The leader-election topic is only needed for Faust's own assignor tricks; skip one topic.
+        "topic_disable_leader": True,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_acks": -1,
+        # Metrics are served by prometheus-client (telemetry), not by Faust's web server.
+        "web_enabled": False,
+    }
+    options.update(overrides)
+    return faust.App(app_id, **options)
