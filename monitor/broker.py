@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from monitor.config import KafkaSettings
@@ -73,6 +74,13 @@ def ensure_topics(settings: KafkaSettings, specs: Sequence[TopicSpec]) -> list[T
         return [
             TopicReport(s.name, s.name not in existing, existing.get(s.name, s.partitions)) for s in specs
         ]
+
+
+def topic_configs(settings: KafkaSettings, topic: str) -> dict[str, str]:
+    """The topic-level settings that differ from the broker's defaults (retention, cleanup policy...)."""
+    with admin_client(settings) as client:
+        described = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    return {key: entry["value"] for key, entry in described.get("topic", {}).get(topic, {}).items()}
 
 
 def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:

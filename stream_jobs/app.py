@@ -19,12 +19,13 @@ def broker_urls(settings: Settings) -> list[str]:
 
 def create_app(settings: Settings, *, app_id: str = "health-monitor", **overrides: object) -> faust.App:
     """A Faust app bound to the configured broker, with the project's topic defaults."""
+    datadir = Path(settings.data_dir) / "faust" / app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     options: dict[str, object] = {
         "broker": broker_urls(settings),
         "broker_client_id": settings.kafka.client_id,
-        "broker_request_timeout": settings.kafka.request_timeout_s,
         "store": "memory://",
-        "datadir": str(Path(settings.data_dir) / "faust" / app_id),
+        "datadir": str(datadir),
         "topic_partitions": settings.kafka.partitions,
         "topic_replication_factor": settings.kafka.replication_factor,
         # The leader-election topic is only needed for Faust's own assignor tricks; skip one topic.

@@ -34,8 +34,10 @@ def _insert_new(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
     inserted = 0
     for start in range(0, len(rows), _CHUNK):
         chunk = rows[start : start + _CHUNK]
-        result = session.execute(insert(table).values(list(chunk)).on_conflict_do_nothing(index_elements=list(key)))
-        inserted += max(result.rowcount or 0, 0)
+        # RETURNING yields only the rows actually inserted; rowcount is not reliable for
+        # multi-row INSERT ... ON CONFLICT across drivers (psycopg reports 0).
+        stmt = insert(table).values(list(chunk)).on_conflict_do_nothing(index_elements=list(key))
+        inserted += len(session.execute(stmt.returning(table.c.id)).all())
     return inserted
 
 
