@@ -151,6 +151,15 @@ class ExplainerSettings(_Section):
     budget_per_s: float = Field(2.0, gt=0, description="Explanations per second the LLM may be asked for")
 
 
+class PrivacySettings(_Section):
+    """How personal data is kept out of storage."""
+
+    author_key: SecretStr | None = Field(
+        None,
+        description="Key of the author hash (HMAC-SHA256); unset = a random key kept in MONITOR_DATA_DIR/author.key",
+    )
+
+
 class MetricsSettings(_Section):
     """Prometheus exposition."""
 
@@ -214,6 +223,7 @@ class Settings(BaseSettings):
     classifier: ClassifierSettings = ClassifierSettings()
     explainer: ExplainerSettings = ExplainerSettings()
     metrics: MetricsSettings = MetricsSettings()
+    privacy: PrivacySettings = PrivacySettings()
     services: ServicesSettings = ServicesSettings()
 
     @field_validator("data_dir", "cache_dir")

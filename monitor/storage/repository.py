@@ -14,6 +14,7 @@ from sqlalchemy import Table, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from monitor.privacy import pseudonymise
 from monitor.records import Post, Prediction
 from monitor.storage.tables import LIVE_RUN, Base, Explanation, Signal, utcnow
 from monitor.storage.tables import Post as PostRow
@@ -45,8 +46,13 @@ def _table(model: type[Base]) -> Table:
     return model.__table__  # type: ignore[return-value]
 
 
-def upsert_posts(session: Session, posts: Iterable[Post], *, now: datetime | None = None) -> dict[PostKey, int]:
-    """Store posts not seen before; return the database id of every given post by (source, id)."""
+def upsert_posts(
+    session: Session, posts: Iterable[Post], *, author_key: bytes, now: datetime | None = None
+) -> dict[PostKey, int]:
+    """Store posts not seen before; return the database id of every given post by (source, id).
+
+    Authors are stored only as a keyed hash (``privacy.pseudonymise``), never as given.
+    """
     ingested_at = now or utcnow()
     unique: dict[PostKey, Post] = {}
     for post in posts:
@@ -57,7 +63,7 @@ def upsert_posts(session: Session, posts: Iterable[Post], *, now: datetime | Non
         {
             "source": p.source,
             "source_id": p.id,
-            "author": p.author,
+            "author": pseudonymise(p.author, author_key) if p.author else None,
             "text": p.text,
             "lang": p.lang,
             "geo": p.geo,

@@ -9,6 +9,7 @@ from sqlalchemy import func, inspect, select
 
 from monitor.config import DatabaseSettings
 from monitor.errors import StorageError
+from monitor.privacy import pseudonymise
 from monitor.records import Post, Prediction
 from monitor.storage import migrations, repository
 from monitor.storage.session import create_db_engine, make_sessionmaker, transaction
@@ -16,6 +17,7 @@ from monitor.storage.tables import Explanation, Signal
 from monitor.storage.tables import Post as PostRow
 from monitor.storage.tables import Prediction as PredictionRow
 
+KEY = b"test-key"
 TABLES = {"posts", "predictions", "explanations", "signals", "replay_runs"}
 
 
@@ -53,7 +55,8 @@ def test_migrations_up_down_up(database: DatabaseSettings):
 
 
 def _post(post_id: str, text: str = "day 3 on sertraline, nausea is awful") -> Post:
-    return Post(id=post_id, text=text, created_at=datetime(2024, 5, 1, 12, tzinfo=UTC), source="test", lang="en")
+    return Post(id=post_id, text=text, created_at=datetime(2024, 5, 1, 12, tzinfo=UTC), source="test", lang="en",
+                author="jane_doe_1987")
 
 
 def test_redelivered_records_leave_one_row(database: DatabaseSettings):
@@ -67,7 +70,7 @@ def test_redelivered_records_leave_one_row(database: DatabaseSettings):
     )
     for _ in range(2):  # the second pass is an at-least-once redelivery of the same batch
         with transaction(factory) as session:
-            ids = repository.upsert_posts(session, posts + [posts[0]])
+            ids = repository.upsert_posts(session, posts + [posts[0]], author_key=KEY)
             repository.upsert_predictions(session, [prediction, prediction], ids)
             post_pk = ids[("test", "00012345678901234567890")]
             repository.upsert_explanations(session, [{
@@ -88,12 +91,13 @@ def test_redelivered_records_leave_one_row(database: DatabaseSettings):
         stored = session.scalars(select(PostRow).where(PostRow.source_id == "00012345678901234567890")).one()
         assert stored.created_at == datetime(2024, 5, 1, 12, tzinfo=UTC)
         assert stored.created_at.tzinfo is not None
+        assert stored.author == pseudonymise("jane_doe_1987", KEY) and "jane" not in stored.author
         row = session.scalars(select(PredictionRow)).one()
         assert row.probabilities == {"adverse": 0.9, "none": 0.1} and row.run == "live"
 
     # A replay run stores its own rows beside the live ones.
     with transaction(factory) as session:
-        ids = repository.upsert_posts(session, posts)
+        ids = repository.upsert_posts(session, posts, author_key=KEY)
         assert repository.upsert_predictions(session, [prediction], ids, run="replay-1") == 1
         assert repository.upsert_predictions(session, [prediction], ids, run="replay-1") == 0
     factory.kw["bind"].dispose()
@@ -104,7 +108,7 @@ def test_timestamps_keep_their_instant(database: DatabaseSettings):
     factory = make_sessionmaker(create_db_engine(database))
     when = datetime(2024, 1, 1, 9, 30, tzinfo=timezone(timedelta(hours=-5)))
     with transaction(factory) as session:
-        repository.upsert_posts(session, [Post(id="tz", text="x", created_at=when, source="tz")])
+        repository.upsert_posts(session, [Post(id="tz", text="x", created_at=when, source="tz")], author_key=KEY)
     with transaction(factory) as session:
         stored = session.scalars(select(PostRow.created_at).where(PostRow.source_id == "tz")).one()
     assert stored == when and stored.utcoffset() == timedelta(0)
@@ -116,7 +120,7 @@ def test_constraint_violation_is_a_storage_error(database: DatabaseSettings):
     factory = make_sessionmaker(create_db_engine(database))
     with pytest.raises(StorageError, match="database error"):
         with transaction(factory) as session:
-            ids = repository.upsert_posts(session, [_post("c")])
+            ids = repository.upsert_posts(session, [_post("c")], author_key=KEY)
             repository.upsert_signals(session, [{
                 "post_id": ids[("test", "c")], "task": "adr", "model_version": "v1", "label": "adverse",
                 "confidence": 0.9, "decided_by": "somebody", "post_created_at": datetime.now(UTC),
