@@ -23,3 +23,11 @@ class BrokerError(MonitorError):
 
 class StorageError(MonitorError):
     """The database refused or failed a request, or its schema is not at the expected revision."""
+
+
+class DataError(MonitorError):
+    """A data file or a task definition is unreadable or malformed (the message names file and line)."""
+
+
+class ModelError(MonitorError):
+    """A model folder, model card or GGUF file is missing, unreadable or inconsistent."""

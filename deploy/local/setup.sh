@@ -17,11 +17,13 @@ say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
 
-# -- 1. Debian packages: Java and Maven for the Kafka broker, PostgreSQL ---------------------------
+# -- 1. Debian packages: Java and Maven for the Kafka broker, PostgreSQL, WordNet-----------------------
 need=()
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
 compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || need+=(postgresql)
+# WordNet 3.0 as plain files: the offline synonym source of the augmentation.
+[[ -f /usr/share/wordnet/data.noun ]] || need+=(wordnet-base)
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "missing system packages: ${need[*]} (run: sudo apt-get install ${need[*]})" >&2
