@@ -1,0 +1,256 @@
+"""Metrics, calibration error and evaluation plots: pure functions over labels and probabilities.
+
+Nothing here knows about models or files, except the ``plot_*`` functions, which write PNGs
+(matplotlib, imported lazily with the Agg backend).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything ``monitor evaluate`` shows for one model on one split."""
+
+    labels: tuple[str, ...]
+    per_class: dict[str, ClassScores]
+    task_metric_name: str
+    task_metric: float
+    macro_f1: float
+    micro_f1: float
+    accuracy: float
+    confusion: list[list[int]]  # rows = gold, columns = predicted, in ``labels`` order
+    ece: float | None = None
+    n: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "n": self.n,
+            "labels": list(self.labels),
+            "task_metric": {"name": self.task_metric_name, "value": self.task_metric},
+            "macro_f1": self.macro_f1,
+            "micro_f1": self.micro_f1,
+            "accuracy": self.accuracy,
+            "ece": self.ece,
+            "per_class": {k: vars(v) for k, v in self.per_class.items()},
+            "confusion": self.confusion,
+            **self.extra,
+        }
+
+
+def confusion_matrix(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+    index = {label: i for i, label in enumerate(labels)}
+    matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for g, p in zip(gold, pred, strict=True):
+        matrix[index[g], index[p]] += 1
+    return matrix
+
+
+def _prf(tp: float, fp: float, fn: float) -> tuple[float, float, float]:
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def per_class_scores(matrix: np.ndarray, labels: Sequence[str]) -> dict[str, ClassScores]:
+    scores = {}
+    for i, label in enumerate(labels):
+        tp = float(matrix[i, i])
+        fp = float(matrix[:, i].sum() - tp)
+        fn = float(matrix[i, :].sum() - tp)
+        p, r, f = _prf(tp, fp, fn)
+        scores[label] = ClassScores(p, r, f, int(matrix[i, :].sum()))
+    return scores
+
+
+def micro_f1(matrix: np.ndarray, labels: Sequence[str], subset: Sequence[str] | None = None) -> float:
+    """Micro-averaged F1 over ``subset`` (all labels by default, where it equals accuracy)."""
+    chosen = [labels.index(label) for label in (subset or labels)]
+    tp = sum(float(matrix[i, i]) for i in chosen)
+    fp = sum(float(matrix[:, i].sum() - matrix[i, i]) for i in chosen)
+    fn = sum(float(matrix[i, :].sum() - matrix[i, i]) for i in chosen)
+    return _prf(tp, fp, fn)[2]
+
+
+def task_metric(
+    matrix: np.ndarray,
+    labels: Sequence[str],
+    metric: str,
+    *,
+    positive_label: str | None = None,
+    metric_labels: Sequence[str] | None = None,
+) -> float:
+    """The task's official metric: ``f1_positive``, ``micro_f1`` or ``macro_f1``."""
+    scores = per_class_scores(matrix, labels)
+    if metric == "f1_positive":
+        if positive_label is None:
+            raise ValueError("f1_positive needs the positive label")
+        return scores[positive_label].f1
+    if metric == "micro_f1":
+        return micro_f1(matrix, labels, metric_labels)
+    if metric == "macro_f1":
+        chosen = metric_labels or labels
+        return float(np.mean([scores[label].f1 for label in chosen]))
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, *, bins: int = 15) -> float:
+    """ECE with equal-width confidence bins: the weighted mean |accuracy - confidence| per bin."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    if confidence.size == 0:
+        return 0.0
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(ece)
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, *, bins: int = 15) -> list[tuple[float, float, int]]:
+    """(mean confidence, accuracy, count) per non-empty bin, for a reliability diagram."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    out = []
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            out.append((float(confidence[mask].mean()), float(correct[mask].mean()), int(mask.sum())))
+    return out
+
+
+def evaluate(
+    gold: Sequence[str],
+    probabilities: np.ndarray,
+    labels: Sequence[str],
+    *,
+    metric: str,
+    positive_label: str | None = None,
+    metric_labels: Sequence[str] | None = None,
+    predicted: Sequence[str] | None = None,
+) -> Report:
+    """A full report; ``predicted`` defaults to the arg-max of ``probabilities``."""
+    labels = tuple(labels)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    pred = list(predicted) if predicted is not None else [labels[i] for i in probabilities.argmax(axis=1)]
+    matrix = confusion_matrix(gold, pred, labels)
+    confidence = probabilities.max(axis=1) if probabilities.size else np.zeros(0)
+    correct = np.array([g == p for g, p in zip(gold, pred, strict=True)], dtype=np.float64)
+    scores = per_class_scores(matrix, labels)
+    return Report(
+        labels=labels,
+        per_class=scores,
+        task_metric_name=metric + (f"({positive_label})" if metric == "f1_positive" else ""),
+        task_metric=task_metric(matrix, labels, metric, positive_label=positive_label, metric_labels=metric_labels),
+        macro_f1=float(np.mean([s.f1 for s in scores.values()])),
+        micro_f1=micro_f1(matrix, labels),
+        accuracy=float(correct.mean()) if correct.size else 0.0,
+        confusion=matrix.tolist(),
+        ece=expected_calibration_error(confidence, correct) if probabilities.size else None,
+        n=len(gold),
+    )
+
+
+def precision_recall_curve(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall at every distinct score threshold (one-vs-rest), highest first."""
+    order = np.argsort(-scores, kind="stable")
+    hits = positives[order].astype(np.float64)
+    tp = np.cumsum(hits)
+    fp = np.cumsum(1 - hits)
+    total = max(hits.sum(), 1.0)
+    return tp / np.maximum(tp + fp, 1), tp / total
+
+
+# -- plots -------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(report: Report, path: Path, *, title: str) -> Path:
+    plt = _pyplot()
+    matrix = np.array(report.confusion)
+    fig, ax = plt.subplots(figsize=(1.2 * len(report.labels) + 2.5, 1.1 * len(report.labels) + 2))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(report.labels)), report.labels, rotation=30, ha="right")
+    ax.set_yticks(range(len(report.labels)), report.labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center",
+                color="white" if value > matrix.max() / 2 else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_reliability(confidence: np.ndarray, correct: np.ndarray, path: Path, *, title: str,
+                     before: np.ndarray | None = None) -> Path:
+    """Accuracy vs confidence per bin; ``before`` draws the uncalibrated confidences too."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    series = [("calibrated", confidence)] if before is None else [("before", before), ("after", confidence)]
+    for name, conf in series:
+        points = reliability_bins(np.asarray(conf), np.asarray(correct))
+        ece = expected_calibration_error(np.asarray(conf), np.asarray(correct))
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"{name} (ECE {ece:.3f})")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_precision_recall(gold: Sequence[str], probabilities: np.ndarray, labels: Sequence[str], path: Path, *,
+                          title: str) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    gold_arr = np.array(gold)
+    for i, label in enumerate(labels):
+        positives = gold_arr == label
+        if not positives.any():
+            continue
+        precision, recall = precision_recall_curve(np.asarray(probabilities)[:, i], positives)
+        ax.plot(recall, precision, label=f"{label} (n={int(positives.sum())})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="lower left")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
