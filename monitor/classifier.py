@@ -18,6 +18,7 @@ from monitor.encoding import encode, length_sorted_batches
 from monitor.errors import ModelError
 from monitor.model_card import ModelCard, read_card
 from monitor.training.calibrate import softmax
+from monitor.training.data import normalise_text
 
 
 def resolve_device(requested: str) -> str:
@@ -80,6 +81,8 @@ class Classifier:
         return self.card.model_version
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Normalise (as the training rows were) and encode."""
+        texts = [normalise_text(t) for t in texts]
         return encode(self.tokenizer, texts, max_length=self.card.max_length,
                       truncation=self.card.truncation, head_fraction=self.card.head_fraction)  # type: ignore[arg-type]
 

@@ -182,7 +182,7 @@ def precision_recall_curve(scores: np.ndarray, positives: np.ndarray) -> tuple[n
 # -- plots -------------------------------------------------------------------------------------
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,7 +192,7 @@ def _pyplot():
 
 
 def plot_confusion(report: Report, path: Path, *, title: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     matrix = np.array(report.confusion)
     fig, ax = plt.subplots(figsize=(1.2 * len(report.labels) + 2.5, 1.1 * len(report.labels) + 2))
     ax.imshow(matrix, cmap="Blues")
@@ -213,7 +213,7 @@ def plot_confusion(report: Report, path: Path, *, title: str) -> Path:
 def plot_reliability(confidence: np.ndarray, correct: np.ndarray, path: Path, *, title: str,
                      before: np.ndarray | None = None) -> Path:
     """Accuracy vs confidence per bin; ``before`` draws the uncalibrated confidences too."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     series = [("calibrated", confidence)] if before is None else [("before", before), ("after", confidence)]
@@ -235,7 +235,7 @@ def plot_reliability(confidence: np.ndarray, correct: np.ndarray, path: Path, *,
 
 def plot_precision_recall(gold: Sequence[str], probabilities: np.ndarray, labels: Sequence[str], path: Path, *,
                           title: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     gold_arr = np.array(gold)
     for i, label in enumerate(labels):

@@ -9,7 +9,9 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from monitor.cli import config_cmd, db, services
+from monitor.cli import config_cmd, db, models, services
+from monitor.cli.evaluate import evaluate
+from monitor.cli.train import train
 from monitor.cli.context import State
 from monitor.config import Settings, env_name
 from monitor.errors import ConfigError, MonitorError
@@ -24,9 +26,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.command()(train)
+app.command()(evaluate)
 app.add_typer(db.app, name="db")
 app.add_typer(services.app, name="services")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(models.app, name="models")
 
 
 def describe_validation_error(exc: ValidationError) -> str:

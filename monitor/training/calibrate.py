@@ -27,12 +27,17 @@ def softmax(logits: np.ndarray, temperature: float = 1.0, biases: np.ndarray | N
     return probs
 
 
-def calibrate(logits: np.ndarray, gold: np.ndarray, score: Callable[[np.ndarray], float] | None) -> tuple[np.ndarray, float]:
-    """(logit biases, temperature) for validation ``logits``; biases are zero when ``score`` is None."""
+def calibrate(
+    logits: np.ndarray, gold: np.ndarray, score: Callable[[np.ndarray, np.ndarray], float] | None
+) -> tuple[np.ndarray, float]:
+    """(logit biases, temperature) for validation ``logits``; biases are zero when ``score`` is None.
+
+    ``score(predicted, gold)`` is the task's metric over class indices.
+    """
     biases = np.zeros(np.asarray(logits).shape[1])
     if score is not None:
         t0 = fit_temperature(logits, gold)
-        log_biases, _ = tune_biases(softmax(logits, t0), gold, score)
+        log_biases, _ = tune_biases(softmax(logits, t0), gold, lambda pred: score(pred, gold))
         biases = t0 * log_biases  # argmax(logits/t0 + b) == argmax(logits + t0*b)
     return biases, fit_temperature(np.asarray(logits) + biases, gold)
 

@@ -173,7 +173,7 @@ def fine_tune(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            running += float(loss) * len(batch)
+            running += loss.item() * len(batch)
             seen += len(batch)
             if progress:
                 progress.update(task, advance=1, description=f"epoch {epoch}/{config.epochs} loss {running / seen:.4f}")

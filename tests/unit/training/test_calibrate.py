@@ -66,3 +66,23 @@ def test_tune_biases_fixes_a_shifted_decision_boundary():
     biases, best = tune_biases(probs, gold, f1_positive)
     assert biases[0] == 0 and biases[1] > 0
     assert best > base + 0.2
+
+
+def test_calibrate_keeps_tuned_decisions_and_calibrates_them():
+    from monitor.training.calibrate import calibrate
+
+    rng = np.random.default_rng(2)
+    gold = rng.integers(0, 2, 3000)
+    logits = np.stack([np.zeros(3000), 4.0 * (gold - 0.8) + rng.normal(0, 1.5, 3000)], axis=1)
+
+    def accuracy(pred, g):
+        return float((pred == g).mean())
+
+    biases, temperature = calibrate(logits, gold, accuracy)
+    tuned = softmax(logits, temperature, biases)
+    assert accuracy(tuned.argmax(1), gold) > accuracy(logits.argmax(1), gold)
+    # The temperature is refit after the biases: probabilities of the tuned decisions are calibrated.
+    correct = tuned.argmax(1) == gold
+    assert expected_calibration_error(tuned.max(1), correct) < 0.03
+    none_biases, _ = calibrate(logits, gold, None)
+    assert not none_biases.any()

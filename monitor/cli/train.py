@@ -1,0 +1,90 @@
+"""``monitor train``: fine-tune a classifier for a task with ALEX's balancing, into a model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from monitor.cli.context import settings_of
+from monitor.model_card import ModelCard
+
+console = Console()
+
+
+def training_progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console)
+
+
+def print_card_summary(card: ModelCard, out: Path) -> None:
+    test = card.metrics["test"]
+    raw = card.metrics["test_uncalibrated"]
+    val = card.metrics["validation"]
+    table = Table(title=f"{card.task} -> {out}", show_header=True)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row(f"test {test['task_metric']['name']} (arg-max)", f"{raw['task_metric']['value']:.4f}")
+    table.add_row(f"test {test['task_metric']['name']} (tuned biases)", f"{test['task_metric']['value']:.4f}")
+    table.add_row("test macro-F1", f"{test['macro_f1']:.4f}")
+    table.add_row("test micro-F1", f"{test['micro_f1']:.4f}")
+    table.add_row("validation ECE before -> after", f"{val['ece_before']:.4f} -> {val['ece_after']:.4f}")
+    table.add_row("test ECE before -> after", f"{raw['ece']:.4f} -> {test['ece']:.4f}")
+    table.add_row("temperature", f"{card.temperature:.3f}")
+    table.add_row("escalation threshold", f"{card.escalation_threshold:.4f} "
+                                          f"({val['escalated_share']:.1%} of validation escalated)")
+    table.add_row("best epoch / seconds", f"{card.training['best_epoch']} / {card.training['seconds']:.0f}")
+    table.add_row("model version", card.model_version)
+    console.print(table)
+    for label, scores in test["per_class"].items():
+        console.print(f"  {label:>16}: P {scores['precision']:.3f}  R {scores['recall']:.3f}  "
+                      f"F1 {scores['f1']:.3f}  n={scores['support']}")
+
+
+def train(
+    ctx: typer.Context,
+    task: str = typer.Argument(..., help="Task name (see `monitor tasks`) or path to a task TOML file"),
+    data: Path = typer.Argument(..., exists=True, dir_okay=False, help="Labeled data: SMM4H TSV/CSV, CSV/TSV or JSONL"),
+    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write"),
+    model: Path | None = typer.Option(None, help="Encoder folder (default: classifier.model_path or all-MiniLM-L6-v2)"),
+    epochs: int = typer.Option(4, min=1, help="Maximum epochs (early stopping may end sooner)"),
+    patience: int = typer.Option(2, min=1, help="Epochs without validation improvement before stopping"),
+    max_length: int = typer.Option(256, min=16, max=8192, help="Tokens per post (head+tail truncation)"),
+    batch_size: int = typer.Option(16, min=1, help="Training batch size"),
+    learning_rate: float = typer.Option(5e-5, help="Peak AdamW learning rate"),
+    seed: int = typer.Option(13, help="Seed for the split, balancing and training"),
+    train_subsample: int | None = typer.Option(None, min=10, help="Use a seeded stratified subsample of the training split"),
+    augment: bool = typer.Option(True, help="Augment minority classes (ALEX)"),
+    copies: int = typer.Option(2, min=1, help="Augmented copies per minority post"),
+    resample: bool = typer.Option(True, help="Oversample minority classes to --target-ratio"),
+    target_ratio: float = typer.Option(0.5, min=0.01, max=1.0, help="Minority/majority ratio after resampling"),
+    class_weights: bool = typer.Option(True, help="Class-weighted cross-entropy"),
+    tune_biases: bool = typer.Option(True, help="Tune class biases on validation for the task metric"),
+    max_escalation_share: float = typer.Option(0.1, min=0.0, max=1.0, help="Share of posts the threshold may escalate"),
+    skip_bad_rows: bool = typer.Option(False, help="Skip (and report) malformed rows instead of failing"),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N (default: classifier.device)"),
+) -> None:
+    """Fine-tune a classifier with ALEX balancing; calibrate it; write weights, tokenizer and model_card.json."""
+    from monitor.models import default_encoder_path
+    from monitor.tasks import load_task
+    from monitor.training.finetune import FineTuneConfig
+    from monitor.training.recipe import BalanceOptions, DataOptions, train_model
+    from monitor.training.wordnet import WordNetSynonyms
+
+    settings = settings_of(ctx)
+    definition = load_task(task)
+    encoder = model or settings.classifier.model_path or default_encoder_path()
+    config = FineTuneConfig(model_path=encoder, max_length=max_length, epochs=epochs, patience=patience,
+                            batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                            device=device or settings.classifier.device)
+    balance = BalanceOptions(augment=augment, copies=copies, resample=resample, target_ratio=target_ratio,
+                             class_weights=class_weights, tune_biases=tune_biases)
+    data_options = DataOptions(seed=seed, train_subsample=train_subsample, skip_bad_rows=skip_bad_rows)
+    with training_progress() as progress:
+        card = train_model(definition, task, data, out, data_options=data_options, balance_options=balance,
+                           finetune_config=config, max_escalation_share=max_escalation_share,
+                           synonyms=WordNetSynonyms() if augment else None, progress=progress)
+    print_card_summary(card, out)

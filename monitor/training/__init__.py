@@ -1,0 +1,1 @@
+"""Training: labelled data in, a fine-tuned and calibrated classifier folder out."""

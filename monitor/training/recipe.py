@@ -1,0 +1,262 @@
+"""The ALEX training recipe, end to end: data -> split -> balance -> fine-tune -> calibrate -> model folder.
+
+Each balancing piece (augmentation, resampling, class weights, bias tuning) can be switched off,
+which is how the ablation runs. The folder written is self-describing: weights (safetensors),
+tokenizer, ``model_card.json`` and evaluation plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monitor import __version__
+from monitor.evaluation import (
+    Report,
+    evaluate,
+    expected_calibration_error,
+    plot_confusion,
+    plot_precision_recall,
+    plot_reliability,
+    task_metric,
+)
+from monitor.model_card import ModelCard, write_card
+from monitor.models import file_sha256
+from monitor.tasks import TaskDefinition
+from monitor.training import augment, balance
+from monitor.training.calibrate import calibrate, choose_threshold, softmax
+from monitor.training.data import Example, Splits, label_counts, load_examples, normalise_text, split_examples
+from monitor.training.finetune import FineTuneConfig, fine_tune, predict_logits
+
+
+@dataclass(frozen=True)
+class BalanceOptions:
+    """ALEX's balancing, piece by piece (all on = the full recipe)."""
+
+    augment: bool = True
+    copies: int = 2
+    augment_rate: float = 0.1
+    resample: bool = True
+    target_ratio: float = 0.5
+    resample_strategy: str = "over"
+    class_weights: bool = True
+    weight_scheme: str = "sqrt_inverse"
+    tune_biases: bool = True
+
+    @classmethod
+    def none(cls) -> BalanceOptions:
+        return cls(augment=False, resample=False, class_weights=False, tune_biases=False)
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    seed: int = 13
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    train_subsample: int | None = None
+    skip_bad_rows: bool = False
+
+
+@dataclass
+class PreparedData:
+    splits: Splits
+    train: list[Example]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def stratified_subsample(examples: Sequence[Example], n: int, seed: int) -> list[Example]:
+    """At most ``n`` examples keeping each label's share (at least one per label present)."""
+    if n >= len(examples):
+        return list(examples)
+    rng = random.Random(seed)
+    by_label: dict[str, list[Example]] = {}
+    for e in sorted(examples, key=lambda e: e.id):
+        by_label.setdefault(e.label, []).append(e)
+    chosen: list[Example] = []
+    for label in sorted(by_label):
+        group = by_label[label]
+        rng.shuffle(group)
+        chosen += group[: max(1, round(n * len(group) / len(examples)))]
+    rng.shuffle(chosen)
+    return chosen
+
+
+def prepare(task: TaskDefinition, data_path: Path, options: DataOptions) -> PreparedData:
+    """Load, normalise, dedupe and split; subsample the training split if asked."""
+    loaded = load_examples(data_path, task, skip_bad_rows=options.skip_bad_rows)
+    examples = [dataclasses.replace(e, text=normalise_text(e.text)) for e in loaded.examples]
+    splits = split_examples(examples, seed=options.seed, val_fraction=options.val_fraction,
+                            test_fraction=options.test_fraction)
+    train = list(splits.train)
+    if options.train_subsample:
+        train = stratified_subsample(train, options.train_subsample, options.seed)
+    notes = {
+        "file": str(data_path),
+        "sha256": file_sha256(data_path),
+        "rows_loaded": len(loaded.examples),
+        "bad_rows_skipped": len(loaded.bad_rows),
+        "split": {"seed": options.seed, "val_fraction": options.val_fraction, "test_fraction": options.test_fraction,
+                  "train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
+                  "train_used": len(train), "train_subsample": options.train_subsample,
+                  "duplicates": dataclasses.asdict(splits.report) if dataclasses.is_dataclass(splits.report)
+                  else dict(splits.report)},
+        "label_counts": {"train": dict(label_counts(train)), "val": dict(label_counts(splits.val)),
+                         "test": dict(label_counts(splits.test))},
+    }
+    return PreparedData(splits, train, notes)
+
+
+def balance_training_split(train: Sequence[Example], labels: Sequence[str], options: BalanceOptions,
+                           seed: int, synonyms: Any = None) -> tuple[list[Example], dict[str, float] | None, dict]:
+    """Augment the minority classes, resample, and compute class weights, as ``options`` say."""
+    notes: dict[str, Any] = {"options": dataclasses.asdict(options), "before": dict(Counter(e.label for e in train))}
+    rows = list(train)
+    if options.augment:
+        result = augment.augment_minority(rows, copies=options.copies, seed=seed, rate=options.augment_rate,
+                                          synonyms=synonyms)
+        made = [dataclasses.replace(e, text=normalise_text(e.text)) for e in result.added]
+        rows += made
+        notes["augmentation"] = {"made": len(made), "failures": {str(k): v for k, v in result.failures.items()},
+                                 "per_class": dict(result.made)}
+    if options.resample:
+        resampled = balance.resample(rows, seed=seed, target_ratio=options.target_ratio,
+                                     strategy=options.resample_strategy)
+        rows = list(resampled.examples)
+    notes["after"] = dict(Counter(e.label for e in rows))
+    weights = None
+    if options.class_weights:
+        weights = balance.class_weights([e.label for e in rows], labels, scheme=options.weight_scheme)
+        notes["class_weights"] = weights
+    return rows, weights, notes
+
+
+def metric_scorer(task: TaskDefinition):
+    """score(pred_idx, gold_idx) -> the task's metric, for early stopping and bias tuning."""
+    labels = list(task.labels)
+
+    def score(pred: np.ndarray, gold: np.ndarray) -> float:
+        k = len(labels)
+        matrix = np.zeros((k, k), dtype=np.int64)
+        np.add.at(matrix, (gold, pred), 1)
+        return task_metric(matrix, labels, task.metric, positive_label=task.positive_label,
+                           metric_labels=task.metric_labels)
+
+    return score
+
+
+def report_for(task: TaskDefinition, gold: Sequence[str], probabilities: np.ndarray) -> Report:
+    return evaluate(gold, probabilities, task.labels, metric=task.metric, positive_label=task.positive_label,
+                    metric_labels=task.metric_labels)
+
+
+def package_versions() -> dict[str, str]:
+    import sklearn
+    import torch
+    import transformers
+
+    return {"monitor": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__}
+
+
+def train_model(
+    task: TaskDefinition,
+    task_source: str,
+    data_path: Path,
+    out_dir: Path,
+    *,
+    data_options: DataOptions,
+    balance_options: BalanceOptions,
+    finetune_config: FineTuneConfig,
+    max_escalation_share: float = 0.1,
+    synonyms: Any = None,
+    progress: Any = None,
+) -> ModelCard:
+    """Train, calibrate, evaluate on the held-out split and write the model folder."""
+    started = time.monotonic()
+    prepared = prepare(task, data_path, data_options)
+    labels = list(task.labels)
+    index = {label: i for i, label in enumerate(labels)}
+    train, weights, balance_notes = balance_training_split(prepared.train, labels, balance_options,
+                                                           data_options.seed, synonyms)
+    score = metric_scorer(task)
+    result = fine_tune(train, prepared.splits.val, labels, score=score, config=finetune_config,
+                       class_weights=weights, progress=progress)
+
+    val_gold = np.array([index[e.label] for e in prepared.splits.val])
+    biases, temperature = calibrate(result.val_logits, val_gold, score if balance_options.tune_biases else None)
+    val_probs = softmax(result.val_logits, temperature, biases)
+    threshold = choose_threshold(val_probs.max(axis=1), max_escalation_share)
+
+    test = prepared.splits.test
+    enc = {"max_length": finetune_config.max_length, "truncation": finetune_config.truncation,
+           "head_fraction": finetune_config.head_fraction}
+    from monitor.encoding import encode
+
+    test_logits = predict_logits(result.model, encode(result.tokenizer, [e.text for e in test], **enc),
+                                 result.tokenizer.pad_token_id or 0, result.device, finetune_config.eval_batch_size)
+    test_gold = [e.label for e in test]
+    raw_test = report_for(task, test_gold, softmax(test_logits))
+    test_report = report_for(task, test_gold, softmax(test_logits, temperature, biases))
+    test_correct = np.array([labels[i] == g for i, g in zip(softmax(test_logits, temperature, biases).argmax(1),
+                                                            test_gold, strict=True)])
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.model.to("cpu").save_pretrained(out_dir, safe_serialization=True)
+    result.tokenizer.save_pretrained(out_dir)
+    weights_hash = file_sha256(out_dir / "model.safetensors")
+    plots = out_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    final_probs = softmax(test_logits, temperature, biases)
+    plot_confusion(test_report, plots / "confusion_test.png", title=f"{task.name}: test confusion")
+    plot_reliability(final_probs.max(1), test_correct, plots / "reliability_test.png",
+                     title=f"{task.name}: test reliability", before=softmax(test_logits).max(1))
+    plot_precision_recall(test_gold, final_probs, labels, plots / "precision_recall_test.png",
+                          title=f"{task.name}: test precision-recall")
+
+    val_correct = val_probs.argmax(1) == val_gold
+    card = ModelCard(
+        model_version=f"{task.name}-{weights_hash[:12]}",
+        task=task.name,
+        labels=labels,
+        signal_labels=list(task.signal_labels),
+        metric=task.metric,
+        positive_label=task.positive_label,
+        metric_labels=list(task.metric_labels) if task.metric_labels else None,
+        base_model=str(finetune_config.model_path),
+        max_length=finetune_config.max_length,
+        truncation=finetune_config.truncation,
+        head_fraction=finetune_config.head_fraction,
+        temperature=temperature,
+        biases=[float(b) for b in biases],
+        escalation_threshold=threshold,
+        escalation_max_share=max_escalation_share,
+        metrics={
+            "validation": {"task_metric_at_best_epoch": result.best_score,
+                           "ece_before": expected_calibration_error(softmax(result.val_logits).max(1),
+                                                                    softmax(result.val_logits).argmax(1) == val_gold),
+                           "ece_after": expected_calibration_error(val_probs.max(1), val_correct),
+                           "escalated_share": float((val_probs.max(1) < threshold).mean())},
+            "test_uncalibrated": raw_test.as_dict(),
+            "test": test_report.as_dict(),
+        },
+        data={**prepared.notes, "balancing": balance_notes},
+        training={"task_source": task_source, "seed": data_options.seed, "device": result.device,
+                  "best_epoch": result.best_epoch, "history": result.history,
+                  "config": {k: str(v) if isinstance(v, Path) else v
+                             for k, v in dataclasses.asdict(finetune_config).items()},
+                  "seconds": time.monotonic() - started},
+        versions=package_versions(),
+        created_at=datetime.now(UTC),
+    )
+    write_card(out_dir, card)
+    return card
