@@ -144,6 +144,8 @@ class ExplainerSettings(_Section):
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU (-1 = all)")
     n_parallel: int = Field(1, ge=1, le=64, description="Explanations run at once per worker")
     seed: int = Field(1234, description="Sampling seed (temperature is 0)")
+    constrained: bool = Field(True, description="Constrain replies with the output grammar (off only to measure it)")
+    cache: bool = Field(True, description="Cache explanations in MONITOR_DATA_DIR/explanations.sqlite")
     confidence_threshold: float = Field(
         0.7, ge=0.0, le=1.0, description="Escalate when calibrated confidence is below this (a model card may override)"
     )

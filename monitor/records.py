@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -51,3 +51,21 @@ class Prediction(BaseModel):
     probabilities: dict[str, float]
     confidence: float = Field(ge=0.0, le=1.0)
     escalated: bool = False
+
+
+class Explanation(BaseModel):
+    """The explainer's answer on one (post, task, predicted label); ``unverified`` carries the reason."""
+
+    model_config = ConfigDict(frozen=True)
+
+    verdict: Literal["confirm", "reject", "unverified", "over_budget"]
+    predicted_label: str
+    suggested_label: str | None = None
+    evidence: str | None = None
+    rationale: str | None = None
+    reason: str | None = None
+    llm_model: str
+    prompt_version: str
+    latency_s: float = 0.0
+    attempts: int = 0
+    cached: bool = False
