@@ -11,6 +11,7 @@ from rich.console import Console
 
 from monitor.cli import config_cmd, db, models, services
 from monitor.cli.evaluate import evaluate
+from monitor.cli.explain import explain, explain_eval
 from monitor.cli.train import train
 from monitor.cli.context import State
 from monitor.config import Settings, env_name
@@ -28,6 +29,8 @@ app = typer.Typer(
 )
 app.command()(train)
 app.command()(evaluate)
+app.command()(explain)
+app.command("explain-eval")(explain_eval)
 app.add_typer(db.app, name="db")
 app.add_typer(services.app, name="services")
 app.add_typer(config_cmd.app, name="config")

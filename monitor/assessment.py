@@ -1,0 +1,164 @@
+"""``explain-eval``: does the explainer, under a policy, make a task's labels better or worse?
+
+Runs the classifier on a labeled split, escalates per policy, asks the explainer, and compares the
+task metric before and after applying the verdicts in ``correct`` mode. Only a measurement that
+does not lower the metric lets a (LLM, prompt version, task) into ``correct`` mode.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from monitor.classifier import Classifier
+from monitor.evaluation import confusion_matrix, task_metric
+from monitor.explainer.llm import LlamaExplainer
+from monitor.explainer.policy import Candidate, Policy, apply_verdict, select_for_explanation
+from monitor.records import Explanation
+from monitor.tasks import TaskDefinition
+
+POLICY_FILE = "explainer_policy.json"
+
+
+@dataclass
+class Assessment:
+    task: str
+    model_version: str
+    llm_model: str
+    prompt_version: str
+    policy: dict
+    posts: int
+    escalated: int
+    verified: int
+    unverified: int
+    confirmed: int
+    rejected: int
+    flips: int
+    flips_right: int
+    flips_wrong: int
+    metric_name: str
+    metric_before: float
+    metric_after: float
+    llm_accuracy_on_escalated: float | None
+    explanations_per_s: float
+    mean_latency_s: float
+    cache_hits: int
+    allowed_mode: str = "explain"
+    why: str = ""
+    examples: list[dict] = field(default_factory=list)
+
+    @property
+    def agreement_rate(self) -> float:
+        return self.confirmed / self.verified if self.verified else 0.0
+
+    @property
+    def unverified_share(self) -> float:
+        return self.unverified / self.escalated if self.escalated else 0.0
+
+    @property
+    def flips_right_share(self) -> float:
+        return self.flips_right / self.flips if self.flips else 0.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "agreement_rate": self.agreement_rate, "unverified_share": self.unverified_share,
+                "flips_right_share": self.flips_right_share}
+
+
+def _metric(task: TaskDefinition, gold: Sequence[str], pred: Sequence[str]) -> float:
+    matrix = confusion_matrix(gold, pred, task.labels)
+    return task_metric(matrix, task.labels, task.metric, positive_label=task.positive_label,
+                       metric_labels=task.metric_labels)
+
+
+def decide_mode(before: float, after: float, verified_rejects: int) -> tuple[str, str]:
+    """``correct`` only when the measurement shows the verdicts do not lower the task metric."""
+    if verified_rejects == 0:
+        return "explain", "no verified reject on this split: correct mode would change nothing it was measured on"
+    if after >= before:
+        return "correct", f"applying the verdicts kept or raised the task metric ({before:.4f} -> {after:.4f})"
+    return "explain", f"applying the verdicts lowered the task metric ({before:.4f} -> {after:.4f})"
+
+
+def assess(
+    classifier: Classifier,
+    explainer: LlamaExplainer,
+    task: TaskDefinition,
+    texts: Sequence[str],
+    gold: Sequence[str],
+    policy: Policy,
+    *,
+    on_explained: Callable[[int, int], None] | None = None,
+) -> Assessment:
+    probs = classifier.predict_proba(texts)
+    labels = classifier.labels
+    predicted = [labels[i] for i in probs.argmax(axis=1)]
+    candidates = [Candidate(p, float(c)) for p, c in zip(predicted, probs.max(axis=1), strict=True)]
+    chosen = select_for_explanation(candidates, policy, threshold=classifier.card.escalation_threshold,
+                                    signal_labels=task.signal_labels)
+    hits_before = explainer.cache.hits if explainer.cache else 0
+    results: dict[int, Explanation] = {}
+    spent = 0.0
+    for n, i in enumerate(chosen, 1):
+        started = time.perf_counter()
+        results[i] = explainer.explain(task, texts[i], predicted[i])
+        if not results[i].cached:
+            spent += time.perf_counter() - started
+        if on_explained:
+            on_explained(n, len(chosen))
+    final = list(predicted)
+    flips_right = flips_wrong = 0
+    for i, e in results.items():
+        final[i], _ = apply_verdict(predicted[i], e.verdict, e.suggested_label, "correct")
+        if final[i] != predicted[i]:
+            flips_right += final[i] == gold[i]
+            flips_wrong += predicted[i] == gold[i]
+    verified = [e for e in results.values() if e.verdict in ("confirm", "reject")]
+    uncached = [e for e in results.values() if not e.cached]
+    before, after = _metric(task, gold, predicted), _metric(task, gold, final)
+    rejects = sum(e.verdict == "reject" for e in verified)
+    mode, why = decide_mode(before, after, rejects)
+    llm_right = [(e.suggested_label == gold[i]) for i, e in results.items() if e.verdict in ("confirm", "reject")]
+    return Assessment(
+        task=task.name, model_version=classifier.model_version, llm_model=explainer.model_name,
+        prompt_version=next(iter(results.values())).prompt_version if results else "",
+        policy=asdict(policy), posts=len(texts), escalated=len(chosen), verified=len(verified),
+        unverified=len(results) - len(verified), confirmed=len(verified) - rejects, rejected=rejects,
+        flips=sum(f != p for f, p in zip(final, predicted, strict=True)), flips_right=flips_right,
+        flips_wrong=flips_wrong, metric_name=task.metric, metric_before=before, metric_after=after,
+        llm_accuracy_on_escalated=sum(llm_right) / len(llm_right) if llm_right else None,
+        explanations_per_s=len(uncached) / spent if spent else 0.0,
+        mean_latency_s=sum(e.latency_s for e in uncached) / len(uncached) if uncached else 0.0,
+        cache_hits=(explainer.cache.hits - hits_before) if explainer.cache else 0,
+        allowed_mode=mode, why=why,
+        examples=[{"text": texts[i][:300], "gold": gold[i], "predicted": predicted[i], "verdict": e.verdict,
+                   "suggested": e.suggested_label, "evidence": e.evidence, "rationale": e.rationale,
+                   "reason": e.reason} for i, e in list(results.items())[:20]],
+    )
+
+
+def write_policy(model_dir: Path, assessment: Assessment) -> Path:
+    """Record the allowed mode for (LLM, prompt version) beside the model; the pipeline reads it."""
+    path = model_dir / POLICY_FILE
+    entries = json.loads(path.read_text()) if path.exists() else {}
+    entries[f"{assessment.llm_model}|{assessment.prompt_version}"] = {
+        "mode": assessment.allowed_mode, "why": assessment.why, "measured_at": datetime.now(UTC).isoformat(),
+        "metric": assessment.metric_name, "before": assessment.metric_before, "after": assessment.metric_after,
+        "posts": assessment.posts, "escalated": assessment.escalated, "policy": assessment.policy,
+    }
+    path.write_text(json.dumps(entries, indent=2) + "\n")
+    return path
+
+
+def allowed_mode(model_dir: Path, llm_model: str, prompt_version: str) -> tuple[str, str]:
+    """The mode a measurement allowed for this LLM and prompt, or ``explain`` with the reason."""
+    path = model_dir / POLICY_FILE
+    if not path.exists():
+        return "explain", "no explain-eval measurement for this model yet"
+    entry = json.loads(path.read_text()).get(f"{llm_model}|{prompt_version}")
+    if entry is None:
+        return "explain", f"no explain-eval measurement for {llm_model} with prompt {prompt_version}"
+    return entry["mode"], entry["why"]

@@ -1,0 +1,150 @@
+"""``monitor explain`` (one post) and ``monitor explain-eval`` (measure the explainer on a labeled split)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from monitor.cli.context import settings_of
+from monitor.config import Settings
+from monitor.errors import ConfigError
+
+console = Console()
+
+
+def _model_dir(settings: Settings, model: Path | None) -> Path:
+    folder = model or settings.classifier.model_path
+    if folder is None:
+        raise ConfigError("no trained model: pass --model or set MONITOR_CLASSIFIER__MODEL_PATH "
+                          "(train one with `monitor train`)")
+    return folder
+
+
+def _explainer(settings: Settings, gguf: Path | None):
+    from monitor.explainer.llm import ExplanationCache, LlamaExplainer
+    from monitor.models import default_gguf_path
+
+    cache = ExplanationCache(settings.data_dir / "explanations.sqlite") if settings.explainer.cache else None
+    path = gguf or settings.explainer.model_path or default_gguf_path()
+    return LlamaExplainer.load(path, settings.explainer, cache=cache)
+
+
+def explain(
+    ctx: typer.Context,
+    text: str = typer.Argument(..., help="The post's text"),
+    task: str | None = typer.Option(None, help="Task name or TOML (default: the model's task)"),
+    model: Path | None = typer.Option(None, help="Trained model folder (default: classifier.model_path)"),
+    gguf: Path | None = typer.Option(None, help="GGUF file (default: explainer.model_path or SmolLM2)"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a panel"),
+) -> None:
+    """Classify one post and have the LLM confirm or reject the label, with a short reason."""
+    from monitor.assessment import allowed_mode
+    from monitor.classifier import Classifier
+    from monitor.explainer.policy import apply_verdict
+    from monitor.model_card import read_card
+    from monitor.tasks import load_task
+
+    settings = settings_of(ctx)
+    folder = _model_dir(settings, model)
+    card = read_card(folder)
+    definition = load_task(task or card.training.get("task_source", card.task))
+    if definition.name != card.task:
+        raise ConfigError(f"the model was trained for task {card.task}, not {definition.name}")
+    classifier = Classifier.load(folder, settings.classifier)
+    probs = classifier.predict_proba([text])[0]
+    best = int(probs.argmax())
+    label, confidence = classifier.labels[best], float(probs[best])
+    explainer = _explainer(settings, gguf)
+    result = explainer.explain(definition, text, label)
+    mode, why = allowed_mode(folder, explainer.model_name, result.prompt_version)
+    final, decided_by = apply_verdict(label, result.verdict, result.suggested_label, mode)  # type: ignore[arg-type]
+    payload = {
+        "task": definition.name, "model_version": card.model_version, "label": label, "confidence": confidence,
+        "probabilities": dict(zip(classifier.labels, map(float, probs), strict=True)),
+        "escalation_threshold": card.escalation_threshold, "below_threshold": confidence < card.escalation_threshold,
+        "verdict": result.verdict, "suggested_label": result.suggested_label, "evidence": result.evidence,
+        "rationale": result.rationale, "reason": result.reason, "final_label": final, "decided_by": decided_by,
+        "mode": mode, "mode_why": why, "llm_model": result.llm_model, "prompt_version": result.prompt_version,
+        "latency_s": result.latency_s, "cached": result.cached,
+    }
+    if as_json:
+        typer.echo(json.dumps(payload, ensure_ascii=False))
+        return
+    colour = {"confirm": "green", "reject": "yellow"}.get(result.verdict, "red")
+    body = (f"[bold]{label}[/] (confidence {confidence:.3f}, threshold {card.escalation_threshold:.3f})\n"
+            f"verdict: [{colour}]{result.verdict}[/]" + (f" -> {result.suggested_label}" if result.verdict == "reject" else "")
+            + (f"\nevidence: \"{result.evidence}\"\nreason: {result.rationale}" if result.evidence else
+               f"\nwhy unverified: {result.reason}")
+            + f"\nfinal label: [bold]{final}[/] (decided by {decided_by}; mode {mode}: {why})")
+    console.print(Panel(body, title=f"{definition.name} · {card.model_version}", subtitle=result.llm_model))
+
+
+def explain_eval(
+    ctx: typer.Context,
+    model: Path = typer.Argument(..., help="Trained model folder"),
+    data: Path = typer.Argument(..., exists=True, dir_okay=False, help="Labeled data (the training file = its test split)"),
+    gguf: Path | None = typer.Option(None, help="GGUF file (default: explainer.model_path or SmolLM2)"),
+    verify_signals: bool = typer.Option(False, help="Also escalate every predicted signal label (the ALEX rule)"),
+    below_threshold: bool = typer.Option(True, help="Escalate below the model card's confidence threshold"),
+    max_share: float = typer.Option(0.10, min=0.0, max=1.0, help="Cap on the share of posts escalated"),
+    limit: int | None = typer.Option(None, min=1, help="Use only the first N posts of the split"),
+    record: bool = typer.Option(True, help="Record the allowed mode in MODEL/explainer_policy.json"),
+    out: Path | None = typer.Option(None, help="Write the full report (JSON) here"),
+) -> None:
+    """Measure the explainer under a policy: F1 before/after, flips and how many were right, agreement,
+    unverified share, explanations/s. Allows `correct` mode only if the task metric does not drop."""
+    from monitor.assessment import assess, write_policy
+    from monitor.classifier import Classifier
+    from monitor.explainer.policy import Policy
+    from monitor.model_card import read_card
+    from monitor.models import file_sha256
+    from monitor.tasks import load_task
+    from monitor.training.data import load_examples
+    from monitor.training.recipe import DataOptions, prepare
+
+    settings = settings_of(ctx)
+    card = read_card(model)
+    task = load_task(card.training.get("task_source", card.task))
+    if file_sha256(data) == card.data.get("sha256"):
+        split = card.data.get("split", {})
+        rows = prepare(task, data, DataOptions(seed=card.training.get("seed", 13),
+                                               val_fraction=split.get("val_fraction", 0.1),
+                                               test_fraction=split.get("test_fraction", 0.2))).splits.test
+        which = "held-out test split"
+    else:
+        rows, which = load_examples(data, task).examples, "every row"
+    rows = list(rows)[:limit] if limit else list(rows)
+    classifier = Classifier.load(model, settings.classifier)
+    explainer = _explainer(settings, gguf)
+    policy = Policy(mode="correct", below_threshold=below_threshold, verify_signals=verify_signals, max_share=max_share)
+    progress = Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    with progress:
+        job = progress.add_task("explain", total=None)
+        report = assess(classifier, explainer, task, [e.text for e in rows], [e.label for e in rows], policy,
+                        on_explained=lambda n, total: progress.update(job, completed=n, total=total))
+    table = Table("measure", "value", title=f"explain-eval: {task.name} ({which}, {report.posts} posts)")
+    for name, value in [
+        (f"{report.metric_name} before -> after", f"{report.metric_before:.4f} -> {report.metric_after:.4f}"),
+        ("escalated", f"{report.escalated} ({report.escalated / max(report.posts, 1):.1%})"),
+        ("verified / unverified", f"{report.verified} / {report.unverified} ({report.unverified_share:.1%} unverified)"),
+        ("agreement (confirm share of verified)", f"{report.agreement_rate:.1%}"),
+        ("flips (right / wrong)", f"{report.flips} ({report.flips_right} / {report.flips_wrong})"),
+        ("share of flips that were right", f"{report.flips_right_share:.1%}"),
+        ("LLM label accuracy on escalated", "-" if report.llm_accuracy_on_escalated is None
+         else f"{report.llm_accuracy_on_escalated:.1%}"),
+        ("explanations/s, mean latency", f"{report.explanations_per_s:.2f}/s, {report.mean_latency_s:.2f} s"),
+        ("cache hits", str(report.cache_hits)),
+        ("allowed mode", f"[bold]{report.allowed_mode}[/]: {report.why}"),
+    ]:
+        table.add_row(name, value)
+    console.print(table)
+    if record:
+        console.print(f"recorded in {write_policy(model, report)}")
+    if out:
+        out.write_text(json.dumps(report.as_dict(), indent=2) + "\n")

@@ -1,0 +1,53 @@
+import pytest
+
+from monitor.assessment import decide_mode
+from monitor.explainer.policy import Candidate, Policy, apply_verdict, escalation_reason, select_for_explanation
+
+SIGNALS = ("severe_adr",)
+
+
+def test_reasons():
+    p = Policy(verify_signals=True)
+    assert escalation_reason(Candidate("no_severe_adr", 0.4), p, threshold=0.6, signal_labels=SIGNALS) == "low_confidence"
+    assert escalation_reason(Candidate("severe_adr", 0.99), p, threshold=0.6, signal_labels=SIGNALS) == "signal"
+    assert escalation_reason(Candidate("no_severe_adr", 0.99), p, threshold=0.6, signal_labels=SIGNALS) is None
+    off = Policy(below_threshold=False, verify_signals=False)
+    assert escalation_reason(Candidate("severe_adr", 0.1), off, threshold=0.6, signal_labels=SIGNALS) is None
+
+
+def test_selection_is_capped_and_least_confident_first():
+    cands = [Candidate("no_severe_adr", c / 100) for c in range(100)]
+    chosen = select_for_explanation(cands, Policy(max_share=0.05), threshold=0.5, signal_labels=SIGNALS)
+    assert chosen == [0, 1, 2, 3, 4]
+    assert select_for_explanation(cands, Policy(max_share=0.0), threshold=0.5, signal_labels=SIGNALS) == []
+    # A single post can be explained even though 10% of one post rounds down to zero.
+    assert select_for_explanation([Candidate("severe_adr", 0.1)], Policy(), threshold=0.5, signal_labels=SIGNALS) == [0]
+
+
+@pytest.mark.parametrize(
+    ("verdict", "corrected", "mode", "expected"),
+    [
+        ("reject", "severe_adr", "correct", ("severe_adr", "llm")),  # restores a missed signal
+        ("reject", "severe_adr", "explain", ("no_severe_adr", "classifier")),
+        ("confirm", None, "correct", ("no_severe_adr", "classifier")),
+        ("unverified", None, "correct", ("no_severe_adr", "classifier")),
+        ("over_budget", None, "correct", ("no_severe_adr", "classifier")),
+    ],
+)
+def test_verdict_to_label(verdict, corrected, mode, expected):
+    assert apply_verdict("no_severe_adr", verdict, corrected, mode) == expected
+
+
+def test_correct_mode_only_when_the_metric_holds():
+    assert decide_mode(0.60, 0.61, 3)[0] == "correct"
+    assert decide_mode(0.60, 0.60, 3)[0] == "correct"
+    assert decide_mode(0.60, 0.55, 3)[0] == "explain"
+    mode, why = decide_mode(0.60, 0.60, 0)
+    assert mode == "explain" and "no verified reject" in why
+
+
+def test_policy_validation():
+    with pytest.raises(ValueError):
+        Policy(max_share=2)
+    with pytest.raises(ValueError):
+        Policy(mode="guess")  # type: ignore[arg-type]
