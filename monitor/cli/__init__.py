@@ -10,9 +10,12 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from monitor.cli import config_cmd, db, models, services
+from monitor.cli.classify import classify
 from monitor.cli.evaluate import evaluate
 from monitor.cli.explain import explain, explain_eval
+from monitor.cli.produce import produce
 from monitor.cli.train import train
+from monitor.cli.worker import worker
 from monitor.cli.context import State
 from monitor.config import Settings, env_name
 from monitor.errors import ConfigError, MonitorError
@@ -29,8 +32,11 @@ app = typer.Typer(
 )
 app.command()(train)
 app.command()(evaluate)
+app.command()(classify)
+app.command()(worker)
 app.command()(explain)
 app.command("explain-eval")(explain_eval)
+app.command()(produce)
 app.add_typer(db.app, name="db")
 app.add_typer(services.app, name="services")
 app.add_typer(config_cmd.app, name="config")

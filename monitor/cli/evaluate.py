@@ -57,7 +57,7 @@ def evaluate(
         from monitor.training.wordnet import WordNetSynonyms
 
         task = load_task(str(model))
-        config = FineTuneConfig(model_path=encoder or settings.classifier.model_path or default_encoder_path(),
+        config = FineTuneConfig(model_path=encoder or settings.classifier.base_model or default_encoder_path(),
                                 max_length=max_length, epochs=epochs, batch_size=batch_size, seed=seed,
                                 device=settings.classifier.device)
         chosen = tuple(v.strip() for v in variants.split(",")) if variants else VARIANTS

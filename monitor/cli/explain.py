@@ -19,14 +19,15 @@ console = Console()
 
 
 def _model_dir(settings: Settings, model: Path | None) -> Path:
-    folder = model or settings.classifier.model_path
-    if folder is None:
-        raise ConfigError("no trained model: pass --model or set MONITOR_CLASSIFIER__MODEL_PATH "
+    if model is not None:
+        return model
+    if not settings.classifier.models:
+        raise ConfigError("no trained model: pass --model or set MONITOR_CLASSIFIER__MODELS "
                           "(train one with `monitor train`)")
-    return folder
+    return settings.classifier.models[0]
 
 
-def _explainer(settings: Settings, gguf: Path | None):
+def load_explainer(settings: Settings, gguf: Path | None):
     from monitor.explainer.llm import ExplanationCache, LlamaExplainer
     from monitor.models import default_gguf_path
 
@@ -39,7 +40,7 @@ def explain(
     ctx: typer.Context,
     text: str = typer.Argument(..., help="The post's text"),
     task: str | None = typer.Option(None, help="Task name or TOML (default: the model's task)"),
-    model: Path | None = typer.Option(None, help="Trained model folder (default: classifier.model_path)"),
+    model: Path | None = typer.Option(None, help="Trained model folder (default: the first of classifier.models)"),
     gguf: Path | None = typer.Option(None, help="GGUF file (default: explainer.model_path or SmolLM2)"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a panel"),
 ) -> None:
@@ -60,7 +61,7 @@ def explain(
     probs = classifier.predict_proba([text])[0]
     best = int(probs.argmax())
     label, confidence = classifier.labels[best], float(probs[best])
-    explainer = _explainer(settings, gguf)
+    explainer = load_explainer(settings, gguf)
     result = explainer.explain(definition, text, label)
     mode, why = allowed_mode(folder, explainer.model_name, result.prompt_version)
     final, decided_by = apply_verdict(label, result.verdict, result.suggested_label, mode)  # type: ignore[arg-type]
@@ -121,7 +122,7 @@ def explain_eval(
         rows, which = load_examples(data, task).examples, "every row"
     rows = list(rows)[:limit] if limit else list(rows)
     classifier = Classifier.load(model, settings.classifier)
-    explainer = _explainer(settings, gguf)
+    explainer = load_explainer(settings, gguf)
     policy = Policy(mode="correct", below_threshold=below_threshold, verify_signals=verify_signals, max_share=max_share)
     progress = Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
     with progress:

@@ -19,7 +19,7 @@ def defaults(ctx: typer.Context) -> None:
     """Show the encoder and GGUF the settings resolve to."""
     settings = settings_of(ctx)
     for name, configured, default in (
-        ("encoder", settings.classifier.model_path, models.default_encoder_path),
+        ("encoder", settings.classifier.base_model, models.default_encoder_path),
         ("explainer GGUF", settings.explainer.model_path, models.default_gguf_path),
     ):
         try:

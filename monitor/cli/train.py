@@ -49,7 +49,7 @@ def train(
     task: str = typer.Argument(..., help="Task name (see `monitor tasks`) or path to a task TOML file"),
     data: Path = typer.Argument(..., exists=True, dir_okay=False, help="Labeled data: SMM4H TSV/CSV, CSV/TSV or JSONL"),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write"),
-    model: Path | None = typer.Option(None, help="Encoder folder (default: classifier.model_path or all-MiniLM-L6-v2)"),
+    model: Path | None = typer.Option(None, help="Encoder folder (default: classifier.base_model or all-MiniLM-L6-v2)"),
     epochs: int = typer.Option(4, min=1, help="Maximum epochs (early stopping may end sooner)"),
     patience: int = typer.Option(2, min=1, help="Epochs without validation improvement before stopping"),
     max_length: int = typer.Option(256, min=16, max=8192, help="Tokens per post (head+tail truncation)"),
@@ -76,7 +76,7 @@ def train(
 
     settings = settings_of(ctx)
     definition = load_task(task)
-    encoder = model or settings.classifier.model_path or default_encoder_path()
+    encoder = model or settings.classifier.base_model or default_encoder_path()
     config = FineTuneConfig(model_path=encoder, max_length=max_length, epochs=epochs, patience=patience,
                             batch_size=batch_size, learning_rate=learning_rate, seed=seed,
                             device=device or settings.classifier.device)

@@ -21,6 +21,7 @@ class Policy:
     below_threshold: bool = True       # escalate when calibrated confidence < the model card's threshold
     verify_signals: bool = False       # the ALEX rule: escalate every predicted health-signal label
     max_share: float = 0.10            # at most this share of a batch is escalated
+    threshold: float | None = None     # overrides the model card's escalation threshold
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_share <= 1.0:
@@ -68,3 +69,31 @@ def apply_verdict(predicted: str, verdict: str, corrected: str | None, mode: Mod
     if mode == "correct" and verdict == "reject" and corrected and corrected != predicted:
         return corrected, "llm"
     return predicted, "classifier"
+
+
+class ExplanationBudget:
+    """A token bucket: at most ``rate_per_s`` explanations per second on average, ``burst`` at once.
+
+    Over budget, a case is not queued (a backlog would only grow): it is persisted with its
+    classifier label and marked ``over_budget``. The clock is injected, so this stays pure.
+    """
+
+    def __init__(self, rate_per_s: float, *, burst: float | None = None, clock=None):  # noqa: ANN001
+        import time
+
+        if rate_per_s <= 0:
+            raise ValueError("rate_per_s must be positive")
+        self.rate = rate_per_s
+        self.capacity = burst if burst is not None else max(1.0, rate_per_s * 5)
+        self._clock = clock or time.monotonic
+        self._tokens = self.capacity
+        self._last = self._clock()
+
+    def try_take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False

@@ -6,6 +6,7 @@ session started them. Each test gets fresh topic names; the session gets a throw
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ import pytest
 
 from monitor.config import DatabaseSettings, KafkaSettings, Settings
 from monitor.services import local
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def pytest_collection_modifyitems(items):
@@ -69,3 +72,30 @@ def postgres_db(postgres_url: str) -> Iterator[DatabaseSettings]:
 @pytest.fixture
 def topic_name() -> str:
     return f"test.{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A real fine-tune of the shipped MiniLM on a small slice of rmhd27, on CPU (well under 3 minutes)."""
+    from monitor.models import default_encoder_path
+    from monitor.tasks import load_task
+    from monitor.training.finetune import FineTuneConfig
+    from monitor.training.recipe import BalanceOptions, DataOptions, train_model
+    from monitor.training.wordnet import WordNetSynonyms
+
+    data = SHARED / "rmhd27" / "rmhd27_dev.csv"
+    assert data.exists(), f"the shared data is missing at {data}: CI runs with ../shared beside the clone"
+    out = tmp_path_factory.mktemp("model") / "rmhd27-tiny"
+    started = time.monotonic()
+    card = train_model(
+        load_task("rmhd27_social_anxiety"), "rmhd27_social_anxiety", data, out,
+        data_options=DataOptions(seed=7, train_subsample=240),
+        balance_options=BalanceOptions(copies=1),
+        finetune_config=FineTuneConfig(model_path=default_encoder_path(), max_length=64, epochs=1, batch_size=16,
+                                       eval_batch_size=128, device="cpu", seed=7),
+        synonyms=WordNetSynonyms(),
+    )
+    elapsed = time.monotonic() - started
+    assert elapsed < 180, f"training took {elapsed:.0f}s"
+    assert card.metrics["test"]["n"] > 900
+    return out

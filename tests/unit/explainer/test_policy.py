@@ -51,3 +51,17 @@ def test_policy_validation():
         Policy(max_share=2)
     with pytest.raises(ValueError):
         Policy(mode="guess")  # type: ignore[arg-type]
+
+
+def test_budget_refills_at_its_rate_and_caps_bursts():
+    from monitor.explainer.policy import ExplanationBudget
+
+    now = [0.0]
+    budget = ExplanationBudget(2.0, burst=3, clock=lambda: now[0])
+    assert [budget.try_take() for _ in range(4)] == [True, True, True, False]
+    now[0] += 0.5  # one token back
+    assert budget.try_take() and not budget.try_take()
+    now[0] += 100  # never more than the burst
+    assert sum(budget.try_take() for _ in range(10)) == 3
+    with pytest.raises(ValueError):
+        ExplanationBudget(0)

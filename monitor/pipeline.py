@@ -1,0 +1,223 @@
+"""The one place adapters meet: classify -> escalate -> explain -> persist, for a batch of posts.
+
+`monitor classify FILE` runs ``process_batch`` in one process; the Faust agents run the same steps
+one per role (``classify_batch`` -> ``explain_case`` -> ``persist``), passing ``Case`` and
+``Decision`` records between them over Kafka. Writes are idempotent, so at-least-once delivery
+gives exactly one row per (post, task, model version, run).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy.orm import Session, sessionmaker
+
+from monitor.assessment import allowed_mode
+from monitor.classifier import Classifier
+from monitor.config import ClassifierSettings, ExplainerSettings
+from monitor.errors import ConfigError
+from monitor.explainer.llm import LlamaExplainer
+from monitor.explainer.policy import (
+    Candidate,
+    ExplanationBudget,
+    Mode,
+    Policy,
+    apply_verdict,
+    escalation_reason,
+    select_for_explanation,
+)
+from monitor.explainer.prompts import prompt_version
+from monitor.records import Explanation, Post, Prediction
+from monitor.storage import repository
+from monitor.storage.session import transaction
+from monitor.storage.tables import LIVE_RUN
+from monitor.tasks import TaskDefinition, load_task
+
+
+class Case(BaseModel):
+    """One post's prediction for one task, and why (if at all) it goes to the explainer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    post: Post
+    prediction: Prediction
+    escalation: str | None = None
+
+
+class Decision(BaseModel):
+    """The final label of a case, who decided it, and the explanation when there is one."""
+
+    model_config = ConfigDict(frozen=True)
+
+    case: Case
+    final_label: str
+    decided_by: str
+    is_signal: bool
+    explanation: Explanation | None = None
+
+
+@dataclass(frozen=True)
+class TaskModel:
+    task: TaskDefinition
+    classifier: Classifier
+    mode: Mode
+    mode_why: str
+
+
+@dataclass
+class BatchResult:
+    posts: int = 0
+    predictions: int = 0
+    escalated: int = 0
+    explained: int = 0
+    over_budget: int = 0
+    unverified: int = 0
+    flipped: int = 0
+    signals: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+    decisions: list[Decision] = field(default_factory=list)
+
+    def add(self, other: BatchResult) -> None:
+        for name in ("posts", "predictions", "escalated", "explained", "over_budget", "unverified", "flipped",
+                     "signals"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for table, count in other.rows.items():
+            self.rows[table] = self.rows.get(table, 0) + count
+
+
+def load_task_models(folders: Sequence[Path], settings: ClassifierSettings, *,
+                     explainer: LlamaExplainer | None) -> list[TaskModel]:
+    """Each trained model with its task and the explainer mode its measurement allows."""
+    if not folders:
+        raise ConfigError("no trained model configured: set MONITOR_CLASSIFIER__MODELS (train one with `monitor train`)")
+    models = []
+    for folder in folders:
+        classifier = Classifier.load(folder, settings)
+        task = load_task(classifier.card.training.get("task_source", classifier.card.task))
+        mode, why = ("explain", "no explainer") if explainer is None else allowed_mode(
+            folder, explainer.model_name, prompt_version(task))
+        models.append(TaskModel(task, classifier, mode, why))  # type: ignore[arg-type]
+    tasks = [m.task.name for m in models]
+    if len(set(tasks)) != len(tasks):
+        raise ConfigError(f"two configured models are for the same task: {tasks}")
+    return models
+
+
+def classify_batch(posts: Sequence[Post], models: Sequence[TaskModel], policy: Policy) -> list[Case]:
+    """Every model on the whole batch; the policy picks which predictions to escalate (per task)."""
+    cases: list[Case] = []
+    texts = [p.text for p in posts]
+    for model in models:
+        probs = model.classifier.predict_proba(texts)
+        labels = model.classifier.labels
+        best = probs.argmax(axis=1)
+        candidates = [Candidate(labels[i], float(probs[row, i])) for row, i in enumerate(best)]
+        threshold = policy.threshold if policy.threshold is not None else model.classifier.card.escalation_threshold
+        chosen = set(select_for_explanation(candidates, policy, threshold=threshold,
+                                            signal_labels=model.task.signal_labels))
+        for row, post in enumerate(posts):
+            reason = (escalation_reason(candidates[row], policy, threshold=threshold,
+                                        signal_labels=model.task.signal_labels) if row in chosen else None)
+            prediction = Prediction(
+                post_id=post.id, source=post.source, task=model.task.name,
+                model_version=model.classifier.model_version, label=candidates[row].label,
+                probabilities={label: float(p) for label, p in zip(labels, probs[row], strict=True)},
+                confidence=candidates[row].confidence, escalated=reason is not None,
+            )
+            cases.append(Case(post=post, prediction=prediction, escalation=reason))
+    return cases
+
+
+def decide_by_classifier(case: Case, task: TaskDefinition) -> Decision:
+    label = case.prediction.label
+    return Decision(case=case, final_label=label, decided_by="classifier", is_signal=label in task.signal_labels)
+
+
+def explain_case(case: Case, model: TaskModel, explainer: LlamaExplainer, budget: ExplanationBudget | None) -> Decision:
+    """Ask the explainer (within budget) and apply its verdict as the task's mode allows."""
+    predicted = case.prediction.label
+    if budget is not None and not budget.try_take():
+        explanation = Explanation(verdict="over_budget", predicted_label=predicted,
+                                  reason="not explained: the explanation budget was exhausted",
+                                  llm_model=explainer.model_name, prompt_version=prompt_version(model.task))
+    else:
+        explanation = explainer.explain(model.task, case.post.text, predicted)
+    final, decided_by = apply_verdict(predicted, explanation.verdict, explanation.suggested_label, model.mode)
+    return Decision(case=case, final_label=final, decided_by=decided_by, is_signal=final in model.task.signal_labels,
+                    explanation=explanation)
+
+
+def persist(session: Session, cases: Sequence[Case], decisions: Sequence[Decision], *, author_key: bytes,
+            run: str = LIVE_RUN) -> dict[str, int]:
+    """Upsert the posts, predictions, explanations and signals; return rows inserted per table."""
+    posts = {(c.post.source, c.post.id): c.post for c in cases}
+    posts.update({(d.case.post.source, d.case.post.id): d.case.post for d in decisions})
+    ids = repository.upsert_posts(session, list(posts.values()), author_key=author_key)
+    predictions = [c.prediction for c in cases] + [d.case.prediction for d in decisions]
+    rows = {"posts_seen": len(ids), "predictions": repository.upsert_predictions(session, predictions, ids, run=run)}
+    explanations, signals = [], []
+    for d in decisions:
+        post, pred = d.case.post, d.case.prediction
+        key = {"post_id": ids[(post.source, post.id)], "task": pred.task, "model_version": pred.model_version,
+               "run": run}
+        if d.explanation is not None:
+            e = d.explanation
+            explanations.append({**key, "llm_model": e.llm_model, "prompt_version": e.prompt_version,
+                                 "predicted_label": pred.label, "verdict": e.verdict, "final_label": d.final_label,
+                                 "rationale": e.rationale, "evidence": e.evidence, "reason": e.reason,
+                                 "latency_s": e.latency_s})
+        if d.is_signal:
+            confidence = pred.probabilities.get(d.final_label, pred.confidence)
+            signals.append({**key, "label": d.final_label, "confidence": confidence, "decided_by": d.decided_by,
+                            "post_created_at": post.created_at})
+    rows["explanations"] = repository.upsert_explanations(session, explanations)
+    rows["signals"] = repository.upsert_signals(session, signals)
+    return rows
+
+
+def process_batch(
+    posts: Sequence[Post],
+    models: Sequence[TaskModel],
+    explainer: LlamaExplainer | None,
+    factory: sessionmaker[Session] | None,
+    *,
+    policy: Policy,
+    budget: ExplanationBudget | None,
+    author_key: bytes,
+    run: str = LIVE_RUN,
+) -> BatchResult:
+    """All stages in one process: the file mode and replays use this; the agents use its parts."""
+    by_task = {m.task.name: m for m in models}
+    cases = classify_batch(posts, models, policy)
+    decisions = []
+    for case in cases:
+        model = by_task[case.prediction.task]
+        if case.escalation is not None and explainer is not None:
+            decisions.append(explain_case(case, model, explainer, budget))
+        else:
+            decisions.append(decide_by_classifier(case, model.task))
+    result = BatchResult(posts=len(posts), predictions=len(cases), decisions=decisions)
+    for d in decisions:
+        result.escalated += d.case.escalation is not None
+        if d.explanation is not None:
+            verdict = d.explanation.verdict
+            result.explained += verdict in ("confirm", "reject")
+            result.over_budget += verdict == "over_budget"
+            result.unverified += verdict == "unverified"
+        result.flipped += d.final_label != d.case.prediction.label
+        result.signals += d.is_signal
+    if factory is not None:
+        started = time.perf_counter()
+        with transaction(factory) as session:
+            result.rows = persist(session, [], decisions, author_key=author_key, run=run)
+        result.rows["write_ms"] = int((time.perf_counter() - started) * 1000)
+    return result
+
+
+def policy_from_settings(settings: ExplainerSettings) -> Policy:
+    return Policy(mode="explain", below_threshold=settings.below_threshold, verify_signals=settings.verify_signals,
+                  max_share=settings.max_escalation_share, threshold=settings.confidence_threshold)

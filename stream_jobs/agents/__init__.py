@@ -1,0 +1,1 @@
+"""One module per worker role; each agent reads like one sentence of the data flow."""

@@ -1,0 +1,37 @@
+"""posts.incoming -> decode (bad records to the dead-letter topic) -> classify -> predictions (+ escalations)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from monitor.pipeline import classify_batch
+from monitor.records import DeadLetter, RecordError, decode_post
+
+
+def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
+    batch_size, within = resources.settings.classifier.batch_size, resources.settings.stream.batch_seconds
+
+    @app.agent(topics["posts"], name="classify")
+    async def classify(stream):  # noqa: ANN001
+        loop = asyncio.get_running_loop()
+        async for events in stream.take_events(batch_size, within=within):
+            posts = []
+            for event in events:
+                message = event.message
+                try:
+                    posts.append(decode_post(message.value,
+                                             fallback_time=datetime.fromtimestamp(message.timestamp, UTC)))
+                except RecordError as exc:
+                    letter = DeadLetter.from_error(exc, raw=message.value, stage="decode", topic=message.topic,
+                                                   partition=message.partition, offset=message.offset)
+                    await topics["dead_letter"].send(key=message.key, value=letter.to_bytes())
+            if not posts:
+                continue
+            cases = await loop.run_in_executor(resources.executor, classify_batch, posts,
+                                               list(resources.models.values()), resources.policy)
+            for case in cases:
+                key, value = case.post.id.encode(), case.model_dump_json().encode()
+                await topics["predictions"].send(key=key, value=value)
+                if case.escalation is not None:
+                    await topics["escalations"].send(key=key, value=value)

@@ -1,0 +1,21 @@
+"""posts.escalated -> explain (within the budget, bounded concurrency) -> posts.explained."""
+
+from __future__ import annotations
+
+import asyncio
+
+from monitor.pipeline import Case, explain_case
+
+
+def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
+    @app.agent(topics["escalations"], name="explain", concurrency=resources.settings.explainer.n_parallel)
+    async def explain(stream):  # noqa: ANN001
+        loop = asyncio.get_running_loop()
+        async for value in stream:
+            case = Case.model_validate_json(value)
+            model = resources.models.get(case.prediction.task)
+            if model is None:  # a task this worker has no model for: another deployment's escalation
+                continue
+            decision = await loop.run_in_executor(resources.executor, explain_case, case, model,
+                                                  resources.explainer, resources.budget)
+            await topics["explanations"].send(key=case.post.id.encode(), value=decision.model_dump_json().encode())

@@ -1,0 +1,58 @@
+"""What a worker builds once at start: models, explainer, sessionmaker, policy, budget, a thread pool."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from monitor.config import Settings
+from monitor.explainer.policy import ExplanationBudget, Policy
+from monitor.pipeline import TaskModel, load_task_models, policy_from_settings
+from monitor.privacy import load_author_key
+
+ROLES = ("classify", "explain", "persist")
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    models: dict[str, TaskModel]
+    explainer: Any
+    factory: Any
+    policy: Policy
+    budget: ExplanationBudget | None
+    author_key: bytes
+    # Blocking work (torch, llama.cpp, the database) runs here, never on the event loop.
+    executor: ThreadPoolExecutor
+
+
+def build_resources(settings: Settings, roles: tuple[str, ...]) -> Resources:
+    explainer = None
+    if "explain" in roles:
+        from monitor.explainer.llm import ExplanationCache, LlamaExplainer
+        from monitor.models import default_gguf_path
+
+        cache = ExplanationCache(settings.data_dir / "explanations.sqlite") if settings.explainer.cache else None
+        explainer = LlamaExplainer.load(settings.explainer.model_path or default_gguf_path(), settings.explainer,
+                                        cache=cache)
+    models = load_task_models(list(settings.classifier.models), settings.classifier, explainer=explainer)
+    factory = None
+    if "persist" in roles:
+        from monitor.storage import migrations
+        from monitor.storage.session import create_db_engine, make_sessionmaker
+
+        migrations.require_head(settings.database)
+        factory = make_sessionmaker(create_db_engine(settings.database))
+    key = settings.privacy.author_key
+    return Resources(
+        settings=settings,
+        models={m.task.name: m for m in models},
+        explainer=explainer,
+        factory=factory,
+        policy=policy_from_settings(settings.explainer),
+        budget=ExplanationBudget(settings.explainer.budget_per_s) if explainer is not None else None,
+        author_key=load_author_key(key.get_secret_value() if key else None, settings.data_dir / "author.key"),
+        executor=ThreadPoolExecutor(max_workers=max(2, settings.explainer.n_parallel + 1),
+                                    thread_name_prefix="monitor-worker"),
+    )
