@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -20,7 +21,21 @@ def show(ctx: typer.Context) -> None:
     console.print_json(json.dumps(settings_of(ctx).model_dump(mode="json"), default=str))
 
 
+START, END = "<!-- settings:start -->\n", "<!-- settings:end -->"
+
+
 @app.command()
-def reference() -> None:
-    """Print the Markdown table of every setting (the one in README.md)."""
-    typer.echo(settings_table_markdown(), nl=False)
+def reference(
+    update: Path | None = typer.Option(None, help="Rewrite the table between the settings markers of this file"),
+) -> None:
+    """Print the Markdown table of every setting (the one in README.md), or rewrite it in a file."""
+    table = settings_table_markdown()
+    if update is None:
+        typer.echo(table, nl=False)
+        return
+    text = update.read_text()
+    if START not in text or END not in text:
+        raise typer.BadParameter(f"{update} has no {START.strip()} ... {END} markers")
+    head, rest = text.split(START, 1)
+    update.write_text(head + START + table + END + rest.split(END, 1)[1])
+    console.print(f"updated the settings table in {update}")
