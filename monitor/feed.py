@@ -1,5 +1,6 @@
 """Posts from files, for feeding the stream or a batch run: JSONL post records, or a labelled file a
-task can read; plus the rate limiter of ``monitor produce``. Reads files; no Kafka, no clock of its own.
+task can read; plus the rate limiter of ``monitor produce``. Reads files, no Kafka; the clock is an
+argument (the system's by default).
 
 Times. A post keeps its record's ``created_at``. A labelled file has no ``created_at`` field, so the
 first date column the file has (``created_at``, ``date``, ``created_utc``, ``timestamp``) gives the

@@ -53,7 +53,7 @@ REASONS: dict[str, str] = {
     "bad_created_at": "created_at is not an ISO 8601 time from 1970 on",
     "bad_field": "source, author, lang, geo or labels break their limits",
 }
-# Reasons the later stages give when they dead-letter a post they could not handle.
+#: The stage that sent a record to the dead-letter topic.
 Stage = Literal["decode", "classify", "explain", "persist"]
 
 
@@ -474,6 +474,17 @@ class DeadLetter(BaseModel):
                    truncated=len(data) > MAX_DEAD_LETTER_BYTES, key=key, reason=reason[:64],
                    message=message[:2000], stage=stage, topic=topic, partition=partition, offset=offset,
                    time=time)
+
+    @classmethod
+    def from_error(cls, error: BaseException, *, raw: bytes | bytearray | memoryview | None, stage: Stage,
+                   time: datetime | None = None, key: bytes | None = None, topic: str | None = None,
+                   partition: int | None = None, offset: int | None = None) -> DeadLetter:
+        """A dead letter for ``raw`` that ``error`` stopped: a ``RecordError`` gives its reason code,
+        any other exception its class name. ``time`` defaults to now."""
+        reason = error.reason if isinstance(error, RecordError) else type(error).__name__
+        message = error.message if isinstance(error, RecordError) else str(error)
+        return cls.of(raw, reason=reason, message=message, stage=stage, time=time or datetime.now(UTC), key=key,
+                      topic=topic, partition=partition, offset=offset)
 
     def to_bytes(self) -> bytes:
         record = self.model_dump()

@@ -152,6 +152,20 @@ def test_failures_exit_1_with_one_line(kafka: KafkaSettings, topic_name: str, tm
     assert missing.returncode == 1
     assert "does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
+    topic = make_topic(kafka, topic_name)
+    future = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+    path.write_text("\n".join([json.dumps({"id": "1", "text": "x"}),
+                               json.dumps({"id": "2", "text": "from the future", "created_at": future}),
+                               json.dumps({"id": "3", "text": "y"})]) + "\n", encoding="utf-8")
+    # Kafka 4 refuses record times over an hour ahead and fails the whole batch: the post is held back.
+    held = produce(kafka, str(path), "--topic", topic, cwd=tmp_path)
+    assert held.returncode == 1
+    assert summary_value(held.stdout, "sent (acknowledged)") == "2" and summary_value(held.stdout, "failed") == "1"
+    assert "'2': created_at" in held.stdout and "in the future" in held.stdout
+    skipped = produce(kafka, str(path), "--topic", topic, "--skip-bad-rows", cwd=tmp_path)
+    assert skipped.returncode == 0 and summary_value(skipped.stdout, "bad rows skipped") == "1"
+    assert sorted(m.key for m in consume_all(kafka, topic)) == [b"1", b"1", b"3", b"3"]
+
     nobody = produce(kafka, str(path), "--topic", topic_name, cwd=tmp_path,
                      env={"MONITOR_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1", "MONITOR_KAFKA__REQUEST_TIMEOUT_S": "3"})
     assert nobody.returncode == 1 and "Traceback" not in nobody.stderr

@@ -308,6 +308,19 @@ def test_dead_letter_round_trip():
     assert again == letter and again.original == raw and again.key == b"k\x00" and not again.truncated
 
 
+def test_dead_letter_from_an_error():
+    raw = b'{"id": 1.5, "text": "x"}'
+    with pytest.raises(RecordError) as caught:
+        decode_post(raw, fallback_time=FALLBACK)
+    before = datetime.now(UTC)
+    letter = DeadLetter.from_error(caught.value, raw=raw, stage="decode", topic="t", partition=0, offset=3)
+    assert (letter.reason, letter.original, letter.stage, letter.offset) == ("wrong_type", raw, "decode", 3)
+    assert letter.message.startswith("id must be") and letter.time >= before
+    other = DeadLetter.from_error(TimeoutError("database did not answer"), raw=raw, stage="persist", time=FALLBACK)
+    assert (other.reason, other.message, other.time) == ("TimeoutError", "database did not answer", FALLBACK)
+    assert DeadLetter.from_bytes(other.to_bytes()) == other
+
+
 def test_dead_letter_keeps_a_bounded_original_and_refuses_junk():
     big = b"x" * (MAX_DEAD_LETTER_BYTES + 10)
     letter = DeadLetter.of(big, reason="too_large", message="m", stage="decode", time=FALLBACK)
