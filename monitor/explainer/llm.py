@@ -4,37 +4,59 @@ Temperature 0 and a fixed seed; one retry (a little temperature, another seed) w
 breaks the contract; after that the result is ``unverified`` with the reason. Results are cached
 by (model fingerprint, prompt version, post hash, predicted label), so replays and duplicate posts
 do not pay twice.
+
+Generation is our own short loop over llama.cpp's context rather than ``create_chat_completion``,
+for three measured reasons (tests/benchmarks/bench_explainer.py):
+- the grammar is consulted only when the model's own choice breaks it: llama.cpp's grammar sampler
+  otherwise tests all 49,152 vocabulary entries at every token, which cost about as much as the
+  model's forward pass itself. At temperature 0 the reply is the same token for token.
+- the prompt prefix (rules, worked examples, the predicted label) is evaluated once per (task,
+  label) and its KV state kept, so alternating tasks or labels does not re-read ~550 tokens.
+- it stops at the reply's newline, so the final token is never fed back for nothing.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from monitor.config import ExplainerSettings
 from monitor.errors import ModelError
 from monitor.explainer.prompts import (
-    MAX_EVIDENCE_CHARS,
     MAX_REASON_CHARS,
     ReplyError,
     build_grammar,
     build_messages,
     parse_reply,
     prompt_version,
+    user_body,
+    user_header,
 )
 from monitor.records import Explanation
 from monitor.tasks import TaskDefinition
 
 log = logging.getLogger(__name__)
 
-# Four short lines: the fixed words, a label, a clause of the post, a one-line reason (~4 chars/token).
-_MAX_TOKENS = 24 + (MAX_EVIDENCE_CHARS + MAX_REASON_CHARS) // 3
+# The one-line reply: verdict, maybe a label, a line number, a reason (at worst one token a character).
+MAX_TOKENS = 48 + MAX_REASON_CHARS
+#: KV states of prompt prefixes kept in memory (about 13 MB each for SmolLM2-135M).
+PREFIX_STATES = 8
+_RETRY_TEMPERATURE, _RETRY_TOP_K = 0.3, 40
+_SENTINEL = "\x00POST\x00"
+# For a GGUF without a chat template: ChatML, which most small instruct models use.
+_CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+           "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
 def file_fingerprint(path: Path, *, edge: int = 4 << 20) -> str:
@@ -85,17 +107,48 @@ class ExplanationCache:
             self._db.close()
 
 
+@dataclass
+class Usage:
+    """What the model was asked to do, summed over calls (prompt tokens evaluated vs. reused from the KV cache)."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    completion_tokens: int = 0
+    grammar_passes: int = 0  # tokens where the model's own choice broke the grammar
+    prefix_restores: int = 0
+
+
 class LlamaExplainer:
     """Asks a local GGUF model whether the classifier's label is right, under the output contract."""
 
     def __init__(self, llm: Any, model_path: Path, settings: ExplainerSettings, *, cache: ExplanationCache | None):
+        import llama_cpp
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
         self._llm = llm
+        self._lib = llama_cpp
         self._lock = threading.Lock()  # a llama.cpp context serves one request at a time
         self.settings = settings
         self.cache = cache
         self.model_path = model_path
         self.fingerprint = file_fingerprint(model_path)
         self.model_name = f"{model_path.name}#{self.fingerprint[:8]}"
+        self.usage = Usage()
+        self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        self._n_vocab = llm.n_vocab()
+        self._candidates = (llama_cpp.llama_token_data * self._n_vocab)()
+        self._candidates_np = np.ctypeslib.as_array(self._candidates)
+        self._candidates_np["id"] = np.arange(self._n_vocab)
+        self._one = (llama_cpp.llama_token_data * 1)()
+        eos, bos = llm.token_eos(), llm.token_bos()
+        self._format = Jinja2ChatFormatter(
+            template=llm.metadata.get("tokenizer.chat_template") or _CHATML,
+            eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
+            bos_token=llm._model.token_get_text(bos) if bos != -1 else "",
+        )
+        self._prefixes: dict[tuple[str, str], tuple[list[int], str]] = {}
+        self._states: OrderedDict[tuple[str, str], bytes] = OrderedDict()
 
     @classmethod
     def load(cls, model_path: Path, settings: ExplainerSettings, *, cache: ExplanationCache | None = None) -> LlamaExplainer:
@@ -105,22 +158,143 @@ class LlamaExplainer:
             raise ModelError(f"GGUF file not found: {model_path}")
         try:
             llm = Llama(model_path=str(model_path), n_ctx=settings.n_ctx, n_threads=settings.n_threads,
-                        n_gpu_layers=settings.n_gpu_layers, seed=settings.seed, verbose=False)
+                        n_threads_batch=settings.n_threads, n_gpu_layers=settings.n_gpu_layers, seed=settings.seed,
+                        verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"llama.cpp cannot load {model_path}: {exc}") from exc
         return cls(llm, model_path, settings, cache=cache)
 
-    def _generate(self, messages: list[dict[str, str]], grammar_text: str | None, *, retry: bool) -> str:
-        from llama_cpp import LlamaGrammar
+    # -- the prompt as tokens: a cached (task, label) prefix, then the post ----------------------
 
-        grammar = LlamaGrammar.from_string(grammar_text, verbose=False) if grammar_text else None
+    def prompt_tokens(self, task: TaskDefinition, text: str, predicted_label: str) -> tuple[int, list[int]]:
+        """(length of the shared prefix, all prompt tokens); the prefix is tokenised once per (task, label)."""
+        key = (prompt_version(task), predicted_label)
+        if key not in self._prefixes:
+            messages = build_messages(task, "", predicted_label)
+            messages[-1]["content"] = user_header(predicted_label) + _SENTINEL
+            head, tail = self._format(messages=messages).prompt.split(_SENTINEL)
+            self._prefixes[key] = (self._llm.tokenize(head.encode(), add_bos=True, special=True), tail)
+        prefix, tail = self._prefixes[key]
+        # The post is tokenised without special tokens: a marker the sanitiser missed stays plain text.
+        body = self._llm.tokenize(user_body(text).encode(), add_bos=False, special=False)
+        return len(prefix), prefix + body + self._llm.tokenize(tail.encode(), add_bos=False, special=True)
+
+    def _load_prefix(self, key: tuple[str, str], prefix: list[int]) -> int:
+        """Put the prefix's KV state back (if kept); returns how many prompt tokens are now in the cache."""
+        state = self._states.get(key)
+        if state is None:
+            return 0
+        lib, ctx = self._lib, self._llm.ctx
+        lib.llama_memory_seq_rm(lib.llama_get_memory(ctx), 0, -1, -1)
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if lib.llama_state_seq_set_data(ctx, buffer, len(state), 0) != len(state):
+            self._states.pop(key)
+            lib.llama_memory_seq_rm(lib.llama_get_memory(ctx), 0, -1, -1)
+            self._llm.n_tokens = 0
+            return 0
+        self._states.move_to_end(key)
+        self._llm.input_ids[: len(prefix)] = prefix
+        self._llm.n_tokens = len(prefix)
+        self.usage.prefix_restores += 1
+        return len(prefix)
+
+    def _keep_prefix(self, key: tuple[str, str]) -> None:
+        lib, ctx = self._lib, self._llm.ctx
+        size = lib.llama_state_seq_get_size(ctx, 0)
+        buffer = (ctypes.c_uint8 * size)()
+        if lib.llama_state_seq_get_data(ctx, buffer, size, 0) == size:
+            self._states[key] = bytes(buffer)
+            while len(self._states) > PREFIX_STATES:
+                self._states.popitem(last=False)
+
+    def _feed_prompt(self, key: tuple[str, str], n_prefix: int, tokens: list[int]) -> None:
+        """Evaluate only what the KV cache lacks: reuse the common prefix, else restore or build it."""
+        llm = self._llm
+        cached = np.asarray(llm.input_ids[: min(llm.n_tokens, len(tokens))])
+        differ = np.flatnonzero(cached != np.asarray(tokens[: len(cached)], dtype=cached.dtype))
+        common = int(differ[0]) if differ.size else len(cached)
+        if common < n_prefix:
+            common = max(common, self._load_prefix(key, tokens[:n_prefix]))
+        keep = min(common, len(tokens) - 1)  # at least one token is evaluated, for fresh logits
+        self.usage.reused_tokens += keep
+        self.usage.prompt_tokens += len(tokens) - keep
+        llm.n_tokens = keep  # llm.eval drops the KV cache from here on
+        if keep < n_prefix:
+            llm.eval(tokens[keep:n_prefix])
+            self._keep_prefix(key)
+            keep = n_prefix
+        llm.eval(tokens[keep:])
+
+    # -- decoding ---------------------------------------------------------------------------------
+
+    def _allows(self, grammar: Any, token: int) -> bool:
+        one = self._one[0]
+        one.id, one.logit, one.p = token, 0.0, 0.0
+        array = self._lib.llama_token_data_array(data=self._one, size=1, selected=-1, sorted=False)
+        self._lib.llama_sampler_apply(grammar, ctypes.byref(array))
+        return bool(np.isfinite(one.logit))
+
+    def _mask(self, grammar: Any, logits: np.ndarray) -> np.ndarray:
+        candidates = self._candidates_np
+        candidates["logit"] = logits
+        array = self._lib.llama_token_data_array(data=self._candidates, size=self._n_vocab, selected=-1, sorted=False)
+        self._lib.llama_sampler_apply(grammar, ctypes.byref(array))
+        masked = candidates["logit"].copy()
+        if not np.isfinite(masked).any():
+            raise RuntimeError("the grammar allows no next token")
+        return masked
+
+    @staticmethod
+    def _pick(logits: np.ndarray, rng: np.random.Generator | None) -> int:
+        if rng is None:
+            return int(np.argmax(logits))
+        top = np.argpartition(logits, -_RETRY_TOP_K)[-_RETRY_TOP_K:]
+        top = top[np.isfinite(logits[top])]
+        weights = np.exp((logits[top] - logits[top].max()) / _RETRY_TEMPERATURE)
+        return int(rng.choice(top, p=weights / weights.sum()))
+
+    def _decode(self, grammar_text: str | None, *, retry: bool) -> str:
+        """Greedy (or, on retry, sampled) tokens until the reply's newline; the grammar is applied
+        to the whole vocabulary only when the model's first choice breaks it."""
+        lib, llm = self._lib, self._llm
+        rng = np.random.default_rng(self.settings.seed + 1) if retry else None
+        grammar = None
+        if grammar_text is not None:
+            grammar = lib.llama_sampler_init_grammar(self._vocab, grammar_text.encode(), b"root")
+            if not grammar:
+                raise ValueError("llama.cpp rejected the output grammar")
+        out: list[int] = []
+        try:
+            for _ in range(MAX_TOKENS):
+                logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(llm.ctx, -1), shape=(self._n_vocab,))
+                token = self._pick(logits, rng)
+                if grammar is not None and not self._allows(grammar, token):
+                    self.usage.grammar_passes += 1
+                    token = self._pick(self._mask(grammar, logits), rng)
+                if lib.llama_vocab_is_eog(self._vocab, token):
+                    break
+                if grammar is not None:
+                    lib.llama_sampler_accept(grammar, token)
+                out.append(token)
+                if b"\n" in llm.detokenize([token]):
+                    break
+                llm.eval([token])
+        finally:
+            if grammar is not None:
+                lib.llama_sampler_free(grammar)
+            self.usage.completion_tokens += len(out)
+        return llm.detokenize(out).decode("utf-8", errors="replace")
+
+    def _generate(self, task: TaskDefinition, text: str, predicted_label: str, grammar_text: str | None,
+                  *, retry: bool) -> str:
         with self._lock:
-            out = self._llm.create_chat_completion(
-                messages=messages, grammar=grammar, max_tokens=_MAX_TOKENS,
-                # The retry is the only sampling: at temperature 0 the same prompt gives the same reply.
-                temperature=0.3 if retry else 0.0, seed=self.settings.seed + (1 if retry else 0),
-            )
-        return out["choices"][0]["message"]["content"] or ""
+            n_prefix, tokens = self.prompt_tokens(task, text, predicted_label)
+            if len(tokens) + MAX_TOKENS > self._llm.n_ctx():
+                raise ValueError(f"a prompt of {len(tokens)} tokens leaves no room for the reply "
+                                 f"in n_ctx={self._llm.n_ctx()}")
+            self.usage.calls += 1
+            self._feed_prompt((prompt_version(task), predicted_label), n_prefix, tokens)
+            return self._decode(grammar_text, retry=retry)
 
     def explain(self, task: TaskDefinition, text: str, predicted_label: str) -> Explanation:
         """A verdict on ``predicted_label`` for ``text``; ``unverified`` (with the reason) rather than an error."""
@@ -130,14 +304,13 @@ class LlamaExplainer:
             return hit
         if predicted_label not in task.labels:
             raise ValueError(f"{predicted_label!r} is not a label of task {task.name}")
-        messages = build_messages(task, text, predicted_label)
         grammar = build_grammar(task, text, predicted_label) if self.settings.constrained else None
         started = time.perf_counter()
         reasons = []
         transient = False
         for attempt in (1, 2):
             try:
-                reply = self._generate(messages, grammar, retry=attempt > 1)
+                reply = self._generate(task, text, predicted_label, grammar, retry=attempt > 1)
                 parsed = parse_reply(reply, task, text, predicted_label)
             except ReplyError as exc:
                 reasons.append(str(exc))

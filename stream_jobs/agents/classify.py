@@ -19,11 +19,11 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
             posts = []
             for event in events:
                 message = event.message
+                raw = message.value or b""  # a tombstone or empty value is a bad record too
                 try:
-                    posts.append(decode_post(message.value,
-                                             fallback_time=datetime.fromtimestamp(message.timestamp, UTC)))
+                    posts.append(decode_post(raw, fallback_time=datetime.fromtimestamp(message.timestamp, UTC)))
                 except RecordError as exc:
-                    letter = DeadLetter.from_error(exc, raw=message.value, stage="decode", topic=message.topic,
+                    letter = DeadLetter.from_error(exc, raw=raw, stage="decode", key=message.key, topic=message.topic,
                                                    partition=message.partition, offset=message.offset)
                     await topics["dead_letter"].send(key=message.key, value=letter.to_bytes())
             if not posts:

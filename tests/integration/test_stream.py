@@ -1,0 +1,119 @@
+"""The stream end to end: posts on Kafka -> the three worker roles (Faust) -> rows in PostgreSQL.
+
+Real broker, real database, real model and llama.cpp; the workers run as `monitor worker --role all`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from sqlalchemy import func, select
+
+from monitor import broker
+from monitor.config import DatabaseSettings, KafkaSettings, TopicSettings
+from monitor.records import DeadLetter, Post, encode_post
+from monitor.storage import migrations
+from monitor.storage.session import create_db_engine, make_sessionmaker, transaction
+from monitor.storage.tables import Explanation, Prediction, Signal
+from monitor.storage.tables import Post as PostRow
+from monitor.tasks import load_task
+from monitor.topology import topic_specs
+from monitor.training.data import load_examples
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+GOOD, BAD = 300, 30
+
+
+def _bad_records() -> list[bytes]:
+    kinds = [b"\xff\xfe not utf-8", b"{not json", b"[1, 2, 3]", b'{"text": "no id"}', b'{"id": "x1"}',
+             b'{"id": "x2", "text": "   "}', b'{"id": 1.5, "text": "float id"}', b"",
+             json.dumps({"id": "x3", "text": "t", "created_at": "yesterday-ish"}).encode(),
+             json.dumps({"id": "x4", "text": "x" * 50_000}).encode()]
+    return [kinds[i % len(kinds)] for i in range(BAD)]
+
+
+@pytest.fixture
+def stream_env(kafka: KafkaSettings, postgres_db: DatabaseSettings, tiny_model: Path, tmp_path: Path):
+    tag = uuid.uuid4().hex[:8]
+    topics = TopicSettings(**{role: f"t{tag}.{role}" for role in TopicSettings().all()})
+    broker.ensure_topics(kafka, topic_specs(kafka.model_copy(update={"partitions": 2}), topics))
+    migrations.downgrade(postgres_db, "base")
+    migrations.upgrade(postgres_db)
+    env = {**os.environ, "MONITOR_DATA_DIR": str(tmp_path), "MONITOR_DATABASE__URL": postgres_db.url,
+           "MONITOR_CLASSIFIER__MODELS": json.dumps([str(tiny_model)]), "MONITOR_CLASSIFIER__DEVICE": "cpu",
+           "MONITOR_STREAM__APP_ID": f"test-{tag}", "MONITOR_EXPLAINER__N_THREADS": "1",
+           "MONITOR_EXPLAINER__BUDGET_PER_S": "50", "MONITOR_METRICS__PORT": "0",
+           **{f"MONITOR_TOPICS__{role.upper()}": name for role, name in topics.all().items()}}
+    return topics, env
+
+
+def _rows(factory, table) -> int:
+    with transaction(factory) as session:
+        return session.scalar(select(func.count()).select_from(table))
+
+
+@pytest.mark.slow
+def test_posts_flow_through_every_role_into_postgres(kafka, postgres_db, stream_env, tmp_path):
+    topics, env = stream_env
+    examples = load_examples(SHARED / "rmhd27" / "rmhd27_dev.csv", load_task("rmhd27_social_anxiety")).examples
+    now = datetime.now(UTC) - timedelta(minutes=30)
+    posts = [Post(id=f"s{e.id}", text=e.text, created_at=now + timedelta(seconds=i), source="stream-test")
+             for i, e in enumerate(examples[:GOOD])]
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
+    for i, post in enumerate(posts):
+        producer.send(topics.posts, key=post.id.encode(), value=encode_post(post))
+        if i % 10 == 0:
+            producer.send(topics.posts, key=b"bad", value=_bad_records()[i // 10])
+    producer.flush()
+    producer.close()
+
+    log = open(tmp_path / "workers.log", "wb")
+    workers = subprocess.Popen([sys.executable, "-m", "monitor.cli", "worker", "--role", "all"], env=env,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    factory = make_sessionmaker(create_db_engine(postgres_db))
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            assert workers.poll() is None, (tmp_path / "workers.log").read_text()[-3000:]
+            with transaction(factory) as session:
+                predictions = session.scalar(select(func.count()).select_from(Prediction))
+                escalated = session.scalar(select(func.count()).select_from(Prediction).where(Prediction.escalated))
+                explained = session.scalar(select(func.count()).select_from(Explanation))
+            if predictions == GOOD and explained == escalated:
+                break
+            time.sleep(2)
+        assert _rows(factory, PostRow) == GOOD
+        assert _rows(factory, Prediction) == GOOD
+        assert _rows(factory, Explanation) == escalated > 0
+        with transaction(factory) as session:
+            signal_labels = set(session.scalars(select(Signal.label)).all())
+        assert signal_labels <= {"social_anxiety"}
+    finally:
+        os.killpg(workers.pid, signal.SIGTERM)
+        try:
+            workers.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(workers.pid, signal.SIGKILL)
+        log.close()
+        factory.kw["bind"].dispose()
+
+    consumer = KafkaConsumer(topics.dead_letter, bootstrap_servers=kafka.bootstrap_servers,
+                             auto_offset_reset="earliest", group_id=None, consumer_timeout_ms=5000)
+    letters = [DeadLetter.from_bytes(record.value) for record in consumer]
+    consumer.close()
+    assert len(letters) == BAD
+    assert {letter.stage for letter in letters} == {"decode"}
+    assert {"not_utf8", "not_json", "not_object", "missing_id", "missing_text", "blank_text"} <= {
+        letter.reason for letter in letters}
+    # Same key, same partition: the dead letters keep the order and the exact bytes of the originals.
+    assert [letter.original for letter in letters] == _bad_records()
