@@ -155,7 +155,8 @@ class ExplainerSettings(_Section):
     )
     verify_signals: bool = Field(False, description="Also escalate every predicted health-signal label (the ALEX rule)")
     max_escalation_share: float = Field(0.10, ge=0.0, le=1.0, description="Cap on the share of a batch escalated")
-    budget_per_s: float = Field(2.0, gt=0, description="Explanations per second the LLM may be asked for")
+    budget_per_s: float = Field(1.0, gt=0, description="Explanations per second the LLM may be asked for (per worker)")
+    max_wait_s: float = Field(60.0, gt=0, description="An escalation queued longer than this is not explained (backlog bound)")
 
 
 class PrivacySettings(_Section):

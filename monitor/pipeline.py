@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.assessment import allowed_mode
@@ -46,6 +47,7 @@ class Case(BaseModel):
     post: Post
     prediction: Prediction
     escalation: str | None = None
+    classified_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class Decision(BaseModel):
@@ -137,12 +139,20 @@ def decide_by_classifier(case: Case, task: TaskDefinition) -> Decision:
     return Decision(case=case, final_label=label, decided_by="classifier", is_signal=label in task.signal_labels)
 
 
-def explain_case(case: Case, model: TaskModel, explainer: LlamaExplainer, budget: ExplanationBudget | None) -> Decision:
-    """Ask the explainer (within budget) and apply its verdict as the task's mode allows."""
+def explain_case(case: Case, model: TaskModel, explainer: LlamaExplainer, budget: ExplanationBudget | None,
+                 *, max_wait_s: float | None = None, now: datetime | None = None) -> Decision:
+    """Ask the explainer (within budget) and apply its verdict as the task's mode allows.
+
+    Over budget, or queued longer than ``max_wait_s`` (the LLM has fallen behind), the case keeps
+    its classifier label and is marked ``over_budget``: a backlog never grows without bound.
+    """
     predicted = case.prediction.label
-    if budget is not None and not budget.try_take():
+    waited = ((now or datetime.now(UTC)) - case.classified_at).total_seconds()
+    stale = max_wait_s is not None and waited > max_wait_s
+    if stale or (budget is not None and not budget.try_take()):
+        why = f"queued {waited:.0f} s, over the {max_wait_s:.0f} s limit" if stale else "the budget was exhausted"
         explanation = Explanation(verdict="over_budget", predicted_label=predicted,
-                                  reason="not explained: the explanation budget was exhausted",
+                                  reason=f"not explained: {why}",
                                   llm_model=explainer.model_name, prompt_version=prompt_version(model.task))
     else:
         explanation = explainer.explain(model.task, case.post.text, predicted)

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from monitor.cli import config_cmd, db, models, services
 from monitor.cli.classify import classify
+from monitor.cli.demo import demo
 from monitor.cli.evaluate import evaluate
 from monitor.cli.explain import explain, explain_eval
 from monitor.cli.produce import produce
@@ -30,6 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.command()(demo)
 app.command()(train)
 app.command()(evaluate)
 app.command()(classify)
@@ -79,8 +81,11 @@ def root(
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.log_level != "DEBUG":
         # Client libraries narrate every connection at INFO; keep the terminal for what matters.
-        for noisy in ("kafka", "aiokafka", "alembic.runtime.migration"):
+        for noisy in ("aiokafka", "alembic.runtime.migration"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # kafka-python logs every refused connection as an ERROR, also while `services up` waits for a
+        # broker that is starting; our adapters raise BrokerError with the reason when it matters.
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
     ctx.obj = State(settings)
 
 

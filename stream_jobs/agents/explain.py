@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 from monitor.pipeline import Case, explain_case
 
@@ -16,6 +17,8 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
             model = resources.models.get(case.prediction.task)
             if model is None:  # a task this worker has no model for: another deployment's escalation
                 continue
-            decision = await loop.run_in_executor(resources.executor, explain_case, case, model,
-                                                  resources.explainer, resources.budget)
+            decision = await loop.run_in_executor(
+                resources.executor,
+                partial(explain_case, case, model, resources.explainer, resources.budget,
+                        max_wait_s=resources.settings.explainer.max_wait_s))
             await topics["explanations"].send(key=case.post.id.encode(), value=decision.model_dump_json().encode())

@@ -14,6 +14,7 @@ from monitor.tasks import load_task
 
 ADR = load_task("druglib_adverse")
 SAD = load_task("rmhd27_social_anxiety")
+SENTIMENT = load_task("druglib_sentiment")  # three labels: a reject names the right one
 
 
 @pytest.fixture(scope="module")
@@ -23,17 +24,49 @@ def cache_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def explainer(cache_path: Path) -> LlamaExplainer:
-    return LlamaExplainer.load(default_gguf_path(), ExplainerSettings(n_threads=2), cache=ExplanationCache(cache_path))
+    return LlamaExplainer.load(default_gguf_path(), ExplainerSettings(), cache=ExplanationCache(cache_path))
 
 
-@pytest.mark.parametrize("task", [ADR, SAD], ids=lambda t: t.name)
+@pytest.mark.parametrize("task", [ADR, SAD, SENTIMENT], ids=lambda t: t.name)
 def test_replies_obey_the_contract(explainer: LlamaExplainer, task):
     for post in BASE_POSTS:
         for label in task.labels:
             result = explainer.explain(task, post, label)
             assert is_valid(result, task, post), result
-            assert result.verdict in ("confirm", "reject", "unverified") and 1 <= result.attempts <= 2
+            # Under the grammar every reply parses the first time: no retry, nothing unverified.
+            assert result.verdict in ("confirm", "reject") and result.attempts == 1, result
             assert result.prompt_version.startswith(task.name) and result.llm_model.startswith("SmolLM2")
+
+
+def test_the_shared_prefix_is_evaluated_once_and_restored_across_tasks():
+    fresh = LlamaExplainer.load(default_gguf_path(), ExplainerSettings(), cache=None)
+    usage = fresh.usage
+
+    def evaluated(task, post):  # noqa: ANN001, ANN202
+        before = usage.prompt_tokens
+        fresh.explain(task, post, task.labels[0])
+        return usage.prompt_tokens - before
+
+    first = evaluated(ADR, BASE_POSTS[0])
+    assert first > 400  # rules + two worked examples + the post
+    assert evaluated(ADR, BASE_POSTS[1]) < 60  # only the post and the chat template's tail
+    assert evaluated(SAD, BASE_POSTS[2]) > 400  # another task: its own prefix, kept as well
+    restores = usage.prefix_restores
+    assert evaluated(ADR, BASE_POSTS[3]) < 60  # back to the first task: its prefix comes back from memory
+    assert usage.prefix_restores == restores + 1
+
+
+def test_checking_the_grammar_only_when_needed_gives_the_same_replies():
+    fast = LlamaExplainer.load(default_gguf_path(), ExplainerSettings(), cache=None)
+    full = LlamaExplainer.load(default_gguf_path(), ExplainerSettings(), cache=None)
+    full.grammar_every_token = True
+    for post in BASE_POSTS[:4]:
+        for task in (ADR, SENTIMENT):
+            a, b = fast.explain(task, post, task.labels[-1]), full.explain(task, post, task.labels[-1])
+            assert a.model_dump(exclude={"latency_s"}) == b.model_dump(exclude={"latency_s"})
+    assert fast.usage.completion_tokens == full.usage.completion_tokens
+    assert full.usage.grammar_passes == full.usage.completion_tokens
+    assert fast.usage.grammar_passes < fast.usage.completion_tokens / 4
 
 
 def test_cache_serves_repeats_and_survives_a_new_process_object(explainer: LlamaExplainer, cache_path: Path):
@@ -45,22 +78,31 @@ def test_cache_serves_repeats_and_survives_a_new_process_object(explainer: Llama
     assert again.model_dump(exclude={"cached"}) == first.model_dump(exclude={"cached"})
     other_label = explainer.explain(ADR, post, "no_severe_adr")
     assert not other_label.cached  # the predicted label is part of the key
-    fresh = LlamaExplainer.load(default_gguf_path(), ExplainerSettings(n_threads=2),
-                                cache=ExplanationCache(cache_path))
+    fresh = LlamaExplainer.load(default_gguf_path(), ExplainerSettings(), cache=ExplanationCache(cache_path))
     assert fresh.explain(ADR, post, "severe_adr").cached
 
 
 def test_without_the_grammar_the_retry_path_runs_and_nothing_crashes():
-    loose = LlamaExplainer.load(default_gguf_path(), ExplainerSettings(n_threads=2, constrained=False), cache=None)
-    results = [loose.explain(ADR, post, "no_severe_adr") for post in BASE_POSTS[:4]]
-    for post, result in zip(BASE_POSTS, results):
-        assert is_valid(result, ADR, post)
+    loose = LlamaExplainer.load(default_gguf_path(), ExplainerSettings(constrained=False), cache=None)
+    cases = [(task, post, label) for task in (ADR, SENTIMENT) for post in BASE_POSTS for label in task.labels[:2]]
+    results = [loose.explain(*case) for case in cases]
+    for (task, post, _), result in zip(cases, results, strict=True):
+        assert is_valid(result, task, post)
     retried = [r for r in results if r.attempts == 2]
     assert retried, "an unconstrained small model should break the contract at least once"
     assert all(r.verdict != "unverified" or r.reason for r in retried)
+
+
+def test_a_prompt_too_long_for_the_context_is_unverified_not_cached_not_a_crash(tmp_path: Path):
+    cache = ExplanationCache(tmp_path / "c.sqlite")
+    small = LlamaExplainer.load(default_gguf_path(), ExplainerSettings(n_ctx=512), cache=cache)
+    result = small.explain(ADR, BASE_POSTS[0], "severe_adr")
+    assert result.verdict == "unverified" and "no room" in result.reason and result.attempts == 2
+    assert small.explain(ADR, BASE_POSTS[0], "severe_adr").cached is False
 
 
 def test_adversarial_posts_never_break_the_contract(explainer: LlamaExplainer):
     report = run_suite(explainer.explain, ADR, "severe_adr", posts=BASE_POSTS[:2])
     assert report.cases == 2 * (1 + len(ATTACKS))
     assert report.valid == report.cases, report.as_dict()
+    assert not report.unverified, report.as_dict()  # the grammar holds even when the post fights it

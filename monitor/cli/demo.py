@@ -1,0 +1,169 @@
+"""``monitor demo``: services up, a small model trained on the shipped sample (cached), the sample
+streamed through every worker role, and a summary of what the monitor found."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from monitor.cli.context import settings_of
+from monitor.config import DatabaseSettings, Settings
+from monitor.errors import MonitorError
+
+console = Console()
+SAMPLE = Path(__file__).resolve().parents[1] / "demo_data" / "druglib_sample.tsv"
+TASK = "druglib_adverse"
+
+
+def demo_model(settings: Settings, *, retrain: bool) -> Path:
+    """A small model for the demo task, trained once per sample file and cached."""
+    from monitor.cli.train import print_card_summary, training_progress
+    from monitor.models import default_encoder_path, file_sha256
+    from monitor.tasks import load_task
+    from monitor.training.finetune import FineTuneConfig
+    from monitor.training.recipe import BalanceOptions, DataOptions, train_model
+    from monitor.training.wordnet import WordNetSynonyms
+
+    folder = settings.cache_dir / "demo" / f"{TASK}-{file_sha256(SAMPLE)[:10]}"
+    if (folder / "model_card.json").exists() and not retrain:
+        console.print(f"[green]model[/]: cached {folder}")
+        return folder
+    console.print(f"[bold]training[/] a small {TASK} model on {SAMPLE.name} (CPU: a few minutes)")
+    config = FineTuneConfig(model_path=settings.classifier.base_model or default_encoder_path(), max_length=128,
+                            epochs=2, batch_size=16, device=settings.classifier.device, seed=13)
+    with training_progress() as progress:
+        card = train_model(load_task(TASK), TASK, SAMPLE, folder, data_options=DataOptions(seed=13, train_subsample=700),
+                           balance_options=BalanceOptions(), finetune_config=config, synonyms=WordNetSynonyms(),
+                           progress=progress)
+    print_card_summary(card, folder)
+    return folder
+
+
+def _counts(factory, source: str) -> dict[str, int]:  # noqa: ANN001
+    from sqlalchemy import func, select
+
+    from monitor.storage.session import transaction
+    from monitor.storage.tables import Explanation, Post, Prediction, Signal
+
+    with transaction(factory) as session:
+        def count(table, *where) -> int:  # noqa: ANN001
+            query = select(func.count()).select_from(table).join(Post, Post.id == table.post_id) if table is not Post \
+                else select(func.count()).select_from(Post)
+            return session.scalar(query.where(Post.source == source, *where)) or 0
+
+        return {
+            "posts": count(Post),
+            "predictions": count(Prediction),
+            "escalated": count(Prediction, Prediction.escalated),
+            "explanations": count(Explanation),
+            "flipped": count(Explanation, Explanation.final_label != Explanation.predicted_label),
+            "over_budget": count(Explanation, Explanation.verdict == "over_budget"),
+            "unverified": count(Explanation, Explanation.verdict == "unverified"),
+            "signals": count(Signal),
+        }
+
+
+def _examples(factory, source: str, n: int = 3) -> list[tuple]:  # noqa: ANN001
+    from sqlalchemy import select
+
+    from monitor.storage.session import transaction
+    from monitor.storage.tables import Explanation, Post
+
+    with transaction(factory) as session:
+        rows = session.execute(
+            select(Post.text, Explanation.predicted_label, Explanation.verdict, Explanation.final_label,
+                   Explanation.evidence, Explanation.rationale)
+            .join(Post, Post.id == Explanation.post_id)
+            .where(Post.source == source, Explanation.verdict.in_(("confirm", "reject"))).limit(n)
+        ).all()
+    return [tuple(r) for r in rows]
+
+
+def demo(
+    ctx: typer.Context,
+    posts: int = typer.Option(2000, min=10, max=2000, help="How many sample posts to stream"),
+    retrain: bool = typer.Option(False, help="Train the demo model again even if one is cached"),
+    timeout: float = typer.Option(900, help="Give up waiting for the workers after this many seconds"),
+) -> None:
+    """The whole monitor on one machine, on the shipped sample: services, model, workers, stream, summary."""
+    from monitor.cli.produce import Compression, Tally, open_producer, send_posts
+    from monitor.feed import posts_from_file, shift_times
+    from monitor.services import local
+    from monitor.storage import migrations
+    from monitor.storage.session import create_db_engine, make_sessionmaker
+    from monitor.tasks import load_task
+
+    settings = settings_of(ctx)
+    with console.status("bringing up Kafka and PostgreSQL..."):
+        for outcome in local.up(settings):
+            console.print(f"[green]{outcome.service}[/]: {outcome.message}")
+    database = DatabaseSettings(url=settings.services.postgres_url.get_secret_value())
+    migrations.upgrade(database)
+    model = demo_model(settings, retrain=retrain)
+
+    source = f"demo-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    sample = list(posts_from_file(SAMPLE, task=load_task(TASK), source=source))[:posts]
+    sample = shift_times(sample, newest=datetime.now(UTC))  # inside topic retention, replayable by time
+    log_path = settings.data_dir / "demo-workers.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MONITOR_CLASSIFIER__MODELS": json.dumps([str(model)]),
+           "MONITOR_DATABASE__URL": database.url}
+    with open(log_path, "wb") as log:
+        workers = subprocess.Popen([sys.executable, "-m", "monitor.cli", "worker", "--role", "all"], env=env,  # noqa: S603
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    factory = make_sessionmaker(create_db_engine(database))
+    started = time.perf_counter()
+    try:
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.fields[speed]}"), console=console)
+        with progress:
+            job = progress.add_task("producing", total=len(sample), speed="")
+            producer = open_producer(settings.kafka, Compression.none)
+            tally = Tally()
+            send_posts(producer, settings.topics.posts, sample, tally, rate=None, skip_future=True,
+                       progress=progress, job=job)
+            producer.close()
+            stored = progress.add_task("stored by the workers", total=len(sample), speed="")
+            while True:
+                if workers.poll() is not None:
+                    tail = log_path.read_text(errors="replace").strip().splitlines()[-8:]
+                    raise MonitorError(f"the workers stopped (exit {workers.returncode}): {' | '.join(tail)}")
+                counts = _counts(factory, source)
+                elapsed = time.perf_counter() - started
+                progress.update(stored, completed=counts["predictions"],
+                                speed=f"{counts['predictions'] / max(elapsed, 1e-9):.1f} posts/s")
+                if counts["predictions"] >= len(sample) and counts["explanations"] >= counts["escalated"]:
+                    break
+                if elapsed > timeout:
+                    raise MonitorError(f"timed out after {timeout:.0f}s with {counts} (log: {log_path})")
+                time.sleep(1)
+    finally:
+        if workers.poll() is None:
+            os.killpg(workers.pid, signal.SIGTERM)
+            try:
+                workers.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(workers.pid, signal.SIGKILL)
+    seconds = time.perf_counter() - started
+    table = Table("measure", "value", title=f"monitor demo: {len(sample)} posts, task {TASK}")
+    table.add_row("end to end", f"{seconds:.1f} s ({len(sample) / seconds:.1f} posts/s, produce to rows)")
+    for name in ("posts", "predictions", "escalated", "explanations", "flipped", "over_budget", "unverified", "signals"):
+        table.add_row(name, str(counts[name]))
+    console.print(table)
+    for text, predicted, verdict, final, evidence, rationale in _examples(factory, source):
+        console.print(f"[dim]{text[:140]}...[/]\n  classifier [bold]{predicted}[/], LLM {verdict} -> {final}: "
+                      f"\"{evidence}\" ({rationale})")
+    factory.kw["bind"].dispose()
+    console.print(f"rows: {database.url.rsplit('@', 1)[-1]} (source {source}); worker log: {log_path}; "
+                  "stop the services with `monitor services down`")
