@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from monitor.cli.context import settings_of
-from monitor.config import DatabaseSettings, Settings
+from monitor.config import Settings
 from monitor.errors import MonitorError
 
 console = Console()
@@ -103,12 +103,14 @@ def demo(
     from monitor.storage import migrations
     from monitor.storage.session import create_db_engine, make_sessionmaker
     from monitor.tasks import load_task
+    from sqlalchemy.engine import make_url
 
     settings = settings_of(ctx)
-    with console.status("bringing up Kafka and PostgreSQL..."):
-        for outcome in local.up(settings):
+    database = settings.database  # the embedded SQLite default, or the configured server
+    services = ("kafka", "postgres") if database.url.startswith("postgresql") else ("kafka",)
+    with console.status(f"bringing up {' and '.join(services)}..."):
+        for outcome in local.up(settings, services):  # type: ignore[arg-type]
             console.print(f"[green]{outcome.service}[/]: {outcome.message}")
-    database = DatabaseSettings(url=settings.services.postgres_url.get_secret_value())
     migrations.upgrade(database)
     model = demo_model(settings, retrain=retrain)
 
@@ -165,5 +167,6 @@ def demo(
         console.print(f"[dim]{text[:140]}...[/]\n  classifier [bold]{predicted}[/], LLM {verdict} -> {final}: "
                       f"\"{evidence}\" ({rationale})")
     factory.kw["bind"].dispose()
-    console.print(f"rows: {database.url.rsplit('@', 1)[-1]} (source {source}); worker log: {log_path}; "
-                  "stop the services with `monitor services down`")
+    where = make_url(database.url).render_as_string(hide_password=True)
+    console.print(f"rows: {where} (posts with source {source}); worker log: {log_path}; "
+                  "stop the broker with `monitor services down`")
