@@ -177,7 +177,8 @@ def persist(session: Session, cases: Sequence[Case], decisions: Sequence[Decisio
         if d.explanation is not None:
             e = d.explanation
             explanations.append({**key, "llm_model": e.llm_model, "prompt_version": e.prompt_version,
-                                 "predicted_label": pred.label, "verdict": e.verdict, "final_label": d.final_label,
+                                 "predicted_label": pred.label, "verdict": e.verdict,
+                                 "suggested_label": e.suggested_label, "final_label": d.final_label,
                                  "rationale": e.rationale, "evidence": e.evidence, "reason": e.reason,
                                  "latency_s": e.latency_s})
         if d.is_signal:

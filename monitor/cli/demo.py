@@ -82,8 +82,8 @@ def _examples(factory, source: str, n: int = 3) -> list[tuple]:  # noqa: ANN001
 
     with transaction(factory) as session:
         rows = session.execute(
-            select(Post.text, Explanation.predicted_label, Explanation.verdict, Explanation.final_label,
-                   Explanation.evidence, Explanation.rationale)
+            select(Post.text, Explanation.predicted_label, Explanation.verdict, Explanation.suggested_label,
+                   Explanation.final_label, Explanation.evidence, Explanation.rationale)
             .join(Post, Post.id == Explanation.post_id)
             .where(Post.source == source, Explanation.verdict.in_(("confirm", "reject"))).limit(n)
         ).all()
@@ -163,9 +163,9 @@ def demo(
     for name in ("posts", "predictions", "escalated", "explanations", "flipped", "over_budget", "unverified", "signals"):
         table.add_row(name, str(counts[name]))
     console.print(table)
-    for text, predicted, verdict, final, evidence, rationale in _examples(factory, source):
-        console.print(f"[dim]{text[:140]}...[/]\n  classifier [bold]{predicted}[/], LLM {verdict} -> {final}: "
-                      f"\"{evidence}\" ({rationale})")
+    for text, predicted, verdict, suggested, final, evidence, rationale in _examples(factory, source):
+        console.print(f"[dim]{text[:140]}...[/]\n  classifier [bold]{predicted}[/]; LLM {verdict} ({suggested}): "
+                      f"\"{evidence[:100]}\" - {rationale}; final [bold]{final}[/]")
     factory.kw["bind"].dispose()
     where = make_url(database.url).render_as_string(hide_password=True)
     console.print(f"rows: {where} (posts with source {source}); worker log: {log_path}; "

@@ -51,7 +51,9 @@ log = logging.getLogger(__name__)
 
 # The one-line reply: verdict, maybe a label, a line number, a reason (at worst one token a character).
 MAX_TOKENS = 48 + MAX_REASON_CHARS
-#: KV states of prompt prefixes kept in memory (about 13 MB each for SmolLM2-135M).
+# Replies are about 25 tokens; below this much room a long post gets `unverified` instead of a cut reply.
+MIN_ROOM = 64
+#: KV states of prompt prefixes kept in memory (about 11 MB each for SmolLM2-135M's ~470 tokens).
 PREFIX_STATES = 8
 _RETRY_TEMPERATURE, _RETRY_TOP_K = 0.3, 40
 _SENTINEL = "\x00POST\x00"
@@ -188,10 +190,8 @@ class LlamaExplainer:
         return len(prefix), prefix + body + self._llm.tokenize(tail.encode(), add_bos=False, special=True)
 
     def _load_prefix(self, key: tuple[str, str], prefix: list[int]) -> int:
-        """Put the prefix's KV state back (if kept); returns how many prompt tokens are now in the cache."""
-        state = self._states.get(key)
-        if state is None:
-            return 0
+        """Put the prefix's kept KV state back; returns how many prompt tokens are now in the cache."""
+        state = self._states[key]
         lib, ctx = self._lib, self._llm.ctx
         lib.llama_memory_seq_rm(lib.llama_get_memory(ctx), 0, -1, -1)
         buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
@@ -221,8 +221,8 @@ class LlamaExplainer:
         cached = np.asarray(llm.input_ids[: min(llm.n_tokens, len(tokens))])
         differ = np.flatnonzero(cached != np.asarray(tokens[: len(cached)], dtype=cached.dtype))
         common = int(differ[0]) if differ.size else len(cached)
-        if common < n_prefix:
-            common = max(common, self._load_prefix(key, tokens[:n_prefix]))
+        if common < n_prefix and key in self._states:
+            common = self._load_prefix(key, tokens[:n_prefix])
         keep = min(common, len(tokens) - 1)  # at least one token is evaluated, for fresh logits
         self.usage.reused_tokens += keep
         self.usage.prompt_tokens += len(tokens) - keep
@@ -261,7 +261,7 @@ class LlamaExplainer:
         weights = np.exp((logits[top] - logits[top].max()) / _RETRY_TEMPERATURE)
         return int(rng.choice(top, p=weights / weights.sum()))
 
-    def _decode(self, grammar_text: str | None, *, retry: bool) -> str:
+    def _decode(self, grammar_text: str | None, *, max_tokens: int, retry: bool) -> str:
         """Greedy (or, on retry, sampled) tokens until the reply's newline; the grammar is applied
         to the whole vocabulary only when the model's first choice breaks it."""
         lib, llm = self._lib, self._llm
@@ -273,8 +273,11 @@ class LlamaExplainer:
                 raise ValueError("llama.cpp rejected the output grammar")
         out: list[int] = []
         try:
-            for _ in range(MAX_TOKENS):
-                logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(llm.ctx, -1), shape=(self._n_vocab,))
+            for _ in range(max_tokens):
+                pointer = lib.llama_get_logits_ith(llm.ctx, -1)
+                if not pointer:
+                    raise RuntimeError("llama.cpp returned no logits")
+                logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
                 token = self._pick(logits, rng)
                 if grammar is not None and (self.grammar_every_token or not self._allows(grammar, token)):
                     self.usage.grammar_passes += 1
@@ -297,12 +300,13 @@ class LlamaExplainer:
                   *, retry: bool) -> str:
         with self._lock:
             n_prefix, tokens = self.prompt_tokens(task, text, predicted_label)
-            if len(tokens) + MAX_TOKENS > self._llm.n_ctx():
+            room = self._llm.n_ctx() - len(tokens)
+            if room < MIN_ROOM:
                 raise ValueError(f"a prompt of {len(tokens)} tokens leaves no room for the reply "
                                  f"in n_ctx={self._llm.n_ctx()}")
             self.usage.calls += 1
             self._feed_prompt((prompt_version(task), predicted_label), n_prefix, tokens)
-            return self._decode(grammar_text, retry=retry)
+            return self._decode(grammar_text, max_tokens=min(MAX_TOKENS, room), retry=retry)
 
     def explain(self, task: TaskDefinition, text: str, predicted_label: str) -> Explanation:
         """A verdict on ``predicted_label`` for ``text``; ``unverified`` (with the reason) rather than an error."""

@@ -139,6 +139,7 @@ class Explanation(Base):
     prompt_version: Mapped[str] = mapped_column(String(64))
     predicted_label: Mapped[str] = mapped_column(String(64))
     verdict: Mapped[str] = mapped_column(String(16))
+    suggested_label: Mapped[str | None] = mapped_column(String(64), comment="the label the LLM said is right")
     final_label: Mapped[str] = mapped_column(String(64))
     rationale: Mapped[str | None] = mapped_column(Text)
     evidence: Mapped[str | None] = mapped_column(Text, comment="a quote that occurs in the post")

@@ -126,3 +126,18 @@ def test_constraint_violation_is_a_storage_error(database: DatabaseSettings):
                 "confidence": 0.9, "decided_by": "somebody", "post_created_at": datetime.now(UTC),
             }])
     factory.kw["bind"].dispose()
+
+
+def test_tables_and_migrations_agree(database: DatabaseSettings):
+    """No change in tables.py goes without its migration: autogenerate finds nothing to do at head."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from monitor.storage.tables import Base
+
+    migrations.upgrade(database)
+    engine = create_db_engine(database)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    engine.dispose()
+    assert diff == []
