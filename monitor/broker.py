@@ -103,3 +103,50 @@ def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
         raise BrokerError(f"cannot read end offsets of {topic!r}: {exc}") from exc
     finally:
         consumer.close()
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+
+
+def records_between(settings: KafkaSettings, topic: str, start_ms: int, end_ms: int) -> Iterator[RawRecord]:
+    """Every record of ``topic`` whose own timestamp is in [start_ms, end_ms), partition by partition.
+
+    The start offset of each partition comes from ``offsets_for_times``; reading goes on to the
+    partition's end offset as it was when the read began, keeping only records inside the range
+    (producer timestamps need not be ordered, so a record past ``end_ms`` ends nothing). Partitions
+    are assigned, not subscribed: no consumer group is joined and nothing is committed, so the live
+    pipeline's groups and offsets are untouched.
+    """
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.client_id}-replay",
+                                 group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
+    except KafkaError as exc:
+        raise BrokerError(f"no Kafka broker answers at {settings.bootstrap_servers}: {exc}") from exc
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise BrokerError(f"topic {topic!r} does not exist")
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        starts = consumer.offsets_for_times({tp: start_ms for tp in tps})
+        ends = consumer.end_offsets(tps)
+        for tp in tps:
+            found = starts.get(tp)
+            if found is None or found.offset >= ends[tp]:
+                continue  # nothing at or after start_ms in this partition
+            consumer.assign([tp])
+            consumer.seek(tp, found.offset)
+            while consumer.position(tp) < ends[tp]:
+                for record in consumer.poll(timeout_ms=1000, max_records=500).get(tp, []):
+                    # Producer timestamps need not be ordered within a partition: filter every record.
+                    if record.offset < ends[tp] and start_ms <= record.timestamp < end_ms:
+                        yield RawRecord(tp.partition, record.offset, record.timestamp, record.key, record.value)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot read {topic!r} by time: {exc}") from exc
+    finally:
+        consumer.close()

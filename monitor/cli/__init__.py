@@ -15,6 +15,7 @@ from monitor.cli.demo import demo
 from monitor.cli.evaluate import evaluate
 from monitor.cli.explain import explain, explain_eval
 from monitor.cli.produce import produce
+from monitor.cli.replay import replay
 from monitor.cli.train import train
 from monitor.cli.worker import worker
 from monitor.cli.context import State
@@ -36,6 +37,7 @@ app.command()(train)
 app.command()(evaluate)
 app.command()(classify)
 app.command()(worker)
+app.command()(replay)
 app.command()(explain)
 app.command("explain-eval")(explain_eval)
 app.command()(produce)
