@@ -160,17 +160,16 @@ def compare_runs(factory: sessionmaker[Session], run_a: str, run_b: str, *, limi
         common = a.keys() & b.keys()
         changed_keys = sorted(k for k in common if a[k][0] != b[k][0])
         texts = dict(session.execute(select(PostRow.id, PostRow.text).where(
-            PostRow.id.in_([k[0] for k in changed_keys[:limit]])))) if changed_keys else {}
+            PostRow.id.in_([k[0] for k in changed_keys[:limit]]))).tuples().all()) if changed_keys else {}
         signals = {}
         for run in (run_a, run_b):
             for task, count in Counter(session.scalars(select(Signal.task).where(Signal.run == run))).items():
                 pair = signals.get(task, (0, 0))
                 signals[task] = (count, pair[1]) if run == run_a else (pair[0], count)
         reports = tuple(session.scalar(select(ReplayRun.report).where(ReplayRun.name == r)) for r in (run_a, run_b))
-        flips = dict(session.execute(select(ExplanationRow.post_id, ExplanationRow.final_label)
-                                     .where(ExplanationRow.run == run_b)))
+        explained = set(session.scalars(select(ExplanationRow.post_id).where(ExplanationRow.run == run_b)))
     changed = [{"post_id": k[0], "task": k[1], run_a: a[k][0], run_b: b[k][0],
-                "confidence_b": round(b[k][1], 4), "explained_b": k[0] in flips, "text": texts.get(k[0], "")[:200]}
+                "confidence_b": round(b[k][1], 4), "explained_b": k[0] in explained, "text": texts.get(k[0], "")[:200]}
                for k in changed_keys[:limit]]
     return Comparison(run_a, run_b, len(common), len(changed_keys), changed, len(a.keys() - b.keys()),
                       len(b.keys() - a.keys()),
