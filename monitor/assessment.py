@@ -8,6 +8,7 @@ does not lower the metric lets a (LLM, prompt version, task) into ``correct`` mo
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -74,13 +75,28 @@ def _metric(task: TaskDefinition, gold: Sequence[str], pred: Sequence[str]) -> f
                        metric_labels=task.metric_labels)
 
 
-def decide_mode(before: float, after: float, verified_rejects: int) -> tuple[str, str]:
-    """``correct`` only when the measurement shows the verdicts do not lower the task metric."""
+def sign_test_p(right: int, wrong: int) -> float:
+    """One-sided sign test: P(at least ``right`` of ``right + wrong`` flips right if each were a coin toss)."""
+    n = right + wrong
+    if n == 0:
+        return 1.0
+    return sum(math.comb(n, k) for k in range(right, n + 1)) / 2**n
+
+
+def decide_mode(before: float, after: float, verified_rejects: int, *, flips_right: int = 0, flips_wrong: int = 0,
+                alpha: float = 0.05) -> tuple[str, str]:
+    """``correct`` only when the measurement shows the verdicts help: the task metric does not drop
+    and the flips are right more often than a coin toss would make them (one-sided sign test)."""
     if verified_rejects == 0:
         return "explain", "no verified reject on this split: correct mode would change nothing it was measured on"
-    if after >= before:
-        return "correct", f"applying the verdicts kept or raised the task metric ({before:.4f} -> {after:.4f})"
-    return "explain", f"applying the verdicts lowered the task metric ({before:.4f} -> {after:.4f})"
+    if after < before:
+        return "explain", f"applying the verdicts lowered the task metric ({before:.4f} -> {after:.4f})"
+    p = sign_test_p(flips_right, flips_wrong)
+    if p > alpha:
+        return "explain", (f"the task metric held ({before:.4f} -> {after:.4f}) but {flips_right} right vs "
+                           f"{flips_wrong} wrong flips is no better than chance (sign test p={p:.2f})")
+    return "correct", (f"applying the verdicts kept or raised the task metric ({before:.4f} -> {after:.4f}); "
+                       f"{flips_right} right vs {flips_wrong} wrong flips (sign test p={p:.3f})")
 
 
 def assess(
@@ -120,7 +136,7 @@ def assess(
     uncached = [e for e in results.values() if not e.cached]
     before, after = _metric(task, gold, predicted), _metric(task, gold, final)
     rejects = sum(e.verdict == "reject" for e in verified)
-    mode, why = decide_mode(before, after, rejects)
+    mode, why = decide_mode(before, after, rejects, flips_right=flips_right, flips_wrong=flips_wrong)
     llm_right = [(e.suggested_label == gold[i]) for i, e in results.items() if e.verdict in ("confirm", "reject")]
     return Assessment(
         task=task.name, model_version=classifier.model_version, llm_model=explainer.model_name,

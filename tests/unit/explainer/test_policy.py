@@ -38,12 +38,23 @@ def test_verdict_to_label(verdict, corrected, mode, expected):
     assert apply_verdict("no_severe_adr", verdict, corrected, mode) == expected
 
 
-def test_correct_mode_only_when_the_metric_holds():
-    assert decide_mode(0.60, 0.61, 3)[0] == "correct"
-    assert decide_mode(0.60, 0.60, 3)[0] == "correct"
-    assert decide_mode(0.60, 0.55, 3)[0] == "explain"
+def test_correct_mode_only_when_the_metric_holds_and_flips_beat_chance():
+    assert decide_mode(0.60, 0.61, 3, flips_right=12, flips_wrong=2)[0] == "correct"
+    assert decide_mode(0.60, 0.60, 3, flips_right=12, flips_wrong=2)[0] == "correct"
+    assert decide_mode(0.60, 0.55, 3, flips_right=12, flips_wrong=2)[0] == "explain"
+    # Measured with SmolLM2 on druglib: it rejected everything; 32 right vs 28 wrong is a coin toss.
+    mode, why = decide_mode(0.6846, 0.6911, 61, flips_right=32, flips_wrong=28)
+    assert mode == "explain" and "no better than chance" in why
     mode, why = decide_mode(0.60, 0.60, 0)
     assert mode == "explain" and "no verified reject" in why
+
+
+def test_sign_test():
+    from monitor.assessment import sign_test_p
+
+    assert sign_test_p(0, 0) == 1.0
+    assert sign_test_p(5, 0) == 1 / 32
+    assert abs(sign_test_p(32, 28) - 0.3487) < 0.01
 
 
 def test_policy_validation():
