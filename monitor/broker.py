@@ -83,21 +83,27 @@ def topic_configs(settings: KafkaSettings, topic: str) -> dict[str, str]:
     return {key: entry["value"] for key, entry in described.get("topic", {}).get(topic, {}).items()}
 
 
-def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
-    """The next offset to be written, per partition of ``topic``."""
+def _consumer(settings: KafkaSettings, purpose: str) -> KafkaConsumer:
+    """A consumer in no group that commits nothing: for reads that must not disturb the pipeline."""
     try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
-            client_id=f"{settings.client_id}-offsets",
-            enable_auto_commit=False,
-        )
+        return KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.client_id}-{purpose}",
+                             group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
     except KafkaError as exc:
         raise BrokerError(f"no Kafka broker answers at {settings.bootstrap_servers}: {exc}") from exc
+
+
+def _partitions(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        raise BrokerError(f"topic {topic!r} does not exist")
+    return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+
+def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
+    """The next offset to be written, per partition of ``topic``."""
+    consumer = _consumer(settings, "offsets")
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise BrokerError(f"topic {topic!r} does not exist")
-        offsets = consumer.end_offsets([TopicPartition(topic, p) for p in sorted(partitions)])
+        offsets = consumer.end_offsets(_partitions(consumer, topic))
         return {tp.partition: offset for tp, offset in offsets.items()}
     except KafkaError as exc:
         raise BrokerError(f"cannot read end offsets of {topic!r}: {exc}") from exc
@@ -123,16 +129,9 @@ def records_between(settings: KafkaSettings, topic: str, start_ms: int, end_ms: 
     are assigned, not subscribed: no consumer group is joined and nothing is committed, so the live
     pipeline's groups and offsets are untouched.
     """
+    consumer = _consumer(settings, "replay")
     try:
-        consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.client_id}-replay",
-                                 group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
-    except KafkaError as exc:
-        raise BrokerError(f"no Kafka broker answers at {settings.bootstrap_servers}: {exc}") from exc
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise BrokerError(f"topic {topic!r} does not exist")
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = _partitions(consumer, topic)
         starts = consumer.offsets_for_times({tp: start_ms for tp in tps})
         ends = consumer.end_offsets(tps)
         for tp in tps:

@@ -15,7 +15,6 @@ replays in file order.
 from __future__ import annotations
 
 import csv
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -34,7 +33,7 @@ from monitor.records import (
     post_from_record,
 )
 from monitor.tasks import TaskDefinition
-from monitor.training.data import BadRow, load_examples
+from monitor.training.data import BadRow, jsonl_records, load_examples
 
 DATE_COLUMNS = ("created_at", "date", "created_utc", "timestamp")
 SYNTHETIC_DAYS = 7
@@ -121,15 +120,8 @@ def _posts_from_jsonl(path: Path, *, source: str | None, skip_bad_rows: bool, on
 def _table_records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(start line, record) of a CSV/TSV/JSONL file, the way ``load_examples`` walks it."""
     if fmt == "jsonl":
-        with path.open(encoding="utf-8-sig") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line, parse_int=str, parse_float=str)
-                except json.JSONDecodeError:
-                    record = None
-                yield number, record if isinstance(record, dict) else {}
+        for number, record, _error in jsonl_records(path):
+            yield number, record if isinstance(record, dict) else {}
         return
     with path.open(encoding="utf-8-sig", newline="") as handle:
         if fmt == "smm4h":

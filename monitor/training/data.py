@@ -178,7 +178,8 @@ def _delimited(path: Path, fmt: str, on_header: Callable[[list[str]], None]
                 yield start, dict(zip(header, record, strict=True)), None
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, object] | None, str | None]]:
+def jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, object] | None, str | None]]:
+    """(line number, object or None, error or None) for each non-blank line of a JSONL file."""
     with path.open(encoding="utf-8-sig") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -287,7 +288,7 @@ def load_examples(path: str | Path, task: TaskDefinition, *, skip_bad_rows: bool
 
     ordinal = 0
     try:
-        records = _jsonl(path) if fmt == "jsonl" else _delimited(path, fmt, on_header)
+        records = jsonl_records(path) if fmt == "jsonl" else _delimited(path, fmt, on_header)
         for line, record, problem in records:
             ordinal += 1
             try:
