@@ -4,11 +4,13 @@ import pytest
 
 from monitor.explainer.prompts import (
     FORMAT_VERSION,
+    MIN_REASON_CHARS,
     MAX_EVIDENCE_CHARS,
     MAX_LINES,
     MAX_POST_CHARS,
     MAX_REASON_CHARS,
     ReplyError,
+    as_reason,
     build_grammar,
     build_messages,
     parse_reply,
@@ -46,6 +48,10 @@ def test_lines_are_bounded_and_together_are_the_whole_post(post):
     assert "".join("".join(lines).split()) == "".join(sanitise_post(post).split())
 
 
+def test_tabs_separate_words_and_control_characters_go():
+    assert post_lines("dizzy\tand\x07 tired") == ["dizzy and tired"]
+
+
 def test_an_empty_post_still_has_a_line_to_point_at():
     assert post_lines("  \n ") == ["(empty post)"]
 
@@ -73,7 +79,9 @@ def test_a_contract_reply_parses_and_the_line_number_becomes_the_evidence():
         (TASK, "no_severe_adr", _reply(label="severe_adr"), "two-label task"),
         (TASK, "no_severe_adr", _reply("confirm", label="no_severe_adr"), "confirm names a label"),
         (TASK, "no_severe_adr", _reply(reason="ok"), "reason has 2 characters"),
-        (TASK, "no_severe_adr", _reply(reason="x" * (MAX_REASON_CHARS + 1)), "reason has"),
+        (TASK, "no_severe_adr", _reply(reason="x" * MAX_REASON_CHARS + "."), "reason has 141"),
+        (TASK, "no_severe_adr", _reply(reason="It is severe. It is."), "not one sentence"),
+        (TASK, "no_severe_adr", _reply(reason="No sentence end at all"), "not one sentence"),
         (TASK, "no_severe_adr", _reply() + "confirm 1: and a second line\n", "one-line format"),
         (MULTI, "negative", _reply(), "names no label"),
         (MULTI, "negative", _reply(label="mixed"), "not one of"),
@@ -89,7 +97,7 @@ def test_grammar_ties_label_to_verdict_and_allows_only_the_posts_line_numbers():
     grammar = build_grammar(TASK, POST, "no_severe_adr")
     assert 'verdict ::= "confirm" | "reject"\n' in grammar
     assert 'line ::= "1" | "2" | "3" | "4"\n' in grammar
-    assert f"{MAX_REASON_CHARS - 1}}}" in grammar
+    assert grammar.endswith(f"reason ::= [^\\n .!?] [^\\n.!?]{{6,{MAX_REASON_CHARS - 2}}} [.!?]")
     multi = build_grammar(MULTI, POST, "negative")
     assert 'verdict ::= "confirm" | "reject " ( "neutral" | "positive" )' in multi
 
@@ -133,6 +141,17 @@ def test_every_shipped_worked_example_obeys_the_contract_it_teaches(name):
         assert verdict.verdict == example.verdict
         assert example.evidence in verdict.evidence  # the example's quote is on the line it points at
         assert verdict.label == (example.corrected_label or example.predicted_label)
+        assert verdict.reason == example.rationale  # shipped rationales are one sentence already
+
+
+@pytest.mark.parametrize(
+    "rationale",
+    ["Two sentences. And e.g. a third!", "No full stop", "word " * 60, "Ends in a comma,", "x" * 300],
+)
+def test_any_rationale_a_task_may_hold_becomes_a_reason_the_parser_accepts(rationale):
+    reason = as_reason(rationale)
+    assert MIN_REASON_CHARS <= len(reason) <= MAX_REASON_CHARS
+    assert parse_reply(f"confirm 1: {reason}", TASK, POST, "severe_adr").reason == reason
 
 
 def test_prompt_version_changes_when_rules_or_format_change():
