@@ -62,13 +62,23 @@ def _rows(factory, table) -> int:
         return session.scalar(select(func.count()).select_from(table))
 
 
+def _sample_posts(prefix: str, source: str) -> list[Post]:
+    examples = load_examples(SHARED / "rmhd27" / "rmhd27_dev.csv", load_task("rmhd27_social_anxiety")).examples
+    now = datetime.now(UTC) - timedelta(minutes=30)
+    return [Post(id=f"{prefix}{e.id}", text=e.text, created_at=now + timedelta(seconds=i), source=source)
+            for i, e in enumerate(examples[:GOOD])]
+
+
+def _start_workers(env: dict, log_path: Path) -> subprocess.Popen:
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "monitor.cli", "worker", "--role", "all"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 @pytest.mark.slow
 def test_posts_flow_through_every_role_into_postgres(kafka, postgres_db, stream_env, tmp_path):
     topics, env = stream_env
-    examples = load_examples(SHARED / "rmhd27" / "rmhd27_dev.csv", load_task("rmhd27_social_anxiety")).examples
-    now = datetime.now(UTC) - timedelta(minutes=30)
-    posts = [Post(id=f"s{e.id}", text=e.text, created_at=now + timedelta(seconds=i), source="stream-test")
-             for i, e in enumerate(examples[:GOOD])]
+    posts = _sample_posts("s", "stream-test")
     producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
     for i, post in enumerate(posts):
         producer.send(topics.posts, key=post.id.encode(), value=encode_post(post))
@@ -77,9 +87,7 @@ def test_posts_flow_through_every_role_into_postgres(kafka, postgres_db, stream_
     producer.flush()
     producer.close()
 
-    log = open(tmp_path / "workers.log", "wb")
-    workers = subprocess.Popen([sys.executable, "-m", "monitor.cli", "worker", "--role", "all"], env=env,
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    workers = _start_workers(env, tmp_path / "workers.log")
     factory = make_sessionmaker(create_db_engine(postgres_db))
     try:
         deadline = time.monotonic() + 300
@@ -104,7 +112,6 @@ def test_posts_flow_through_every_role_into_postgres(kafka, postgres_db, stream_
             workers.wait(timeout=90)
         except subprocess.TimeoutExpired:
             os.killpg(workers.pid, signal.SIGKILL)
-        log.close()
         factory.kw["bind"].dispose()
 
     consumer = KafkaConsumer(topics.dead_letter, bootstrap_servers=kafka.bootstrap_servers,
@@ -117,3 +124,53 @@ def test_posts_flow_through_every_role_into_postgres(kafka, postgres_db, stream_
         letter.reason for letter in letters}
     # Same key, same partition: the dead letters keep the order and the exact bytes of the originals.
     assert [letter.original for letter in letters] == _bad_records()
+
+
+@pytest.mark.slow
+def test_kill_9_mid_stream_then_restart_loses_nothing_and_duplicates_nothing(kafka, postgres_db, stream_env, tmp_path):
+    topics, env = stream_env
+    posts = _sample_posts("k", "kill-test")
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
+    for post in posts:
+        producer.send(topics.posts, key=post.id.encode(), value=encode_post(post))
+    producer.flush()
+    producer.close()
+
+    log_path = tmp_path / "workers.log"
+    factory = make_sessionmaker(create_db_engine(postgres_db))
+    workers = _start_workers(env, log_path)
+    try:
+        deadline = time.monotonic() + 240
+        while _rows(factory, Prediction) < 40:  # some work committed, most still to do
+            assert time.monotonic() < deadline and workers.poll() is None, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        os.killpg(workers.pid, signal.SIGKILL)  # every role at once, no clean shutdown, no final commit
+        workers.wait(timeout=30)
+        assert _rows(factory, Prediction) < GOOD, "the kill came too late to test anything"
+
+        workers = _start_workers(env, log_path)
+        deadline = time.monotonic() + 300
+        while True:
+            assert workers.poll() is None, log_path.read_text()[-3000:]
+            with transaction(factory) as session:
+                predictions = session.scalar(select(func.count()).select_from(Prediction))
+                escalated = session.scalar(select(func.count()).select_from(Prediction).where(Prediction.escalated))
+                explained = session.scalar(select(func.count()).select_from(Explanation))
+            if predictions >= GOOD and explained >= escalated:
+                break
+            assert time.monotonic() < deadline, f"{predictions} predictions, {explained}/{escalated} explained"
+            time.sleep(2)
+        with transaction(factory) as session:
+            ids = session.scalars(select(PostRow.source_id)).all()
+            pairs = session.execute(select(Prediction.post_id, Prediction.task)).all()
+        assert sorted(ids) == sorted(p.id for p in posts)  # nothing lost, nothing twice
+        assert len(pairs) == len(set(pairs)) == GOOD
+        assert _rows(factory, Explanation) == escalated
+    finally:
+        if workers.poll() is None:
+            os.killpg(workers.pid, signal.SIGTERM)
+            try:
+                workers.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(workers.pid, signal.SIGKILL)
+        factory.kw["bind"].dispose()
