@@ -14,7 +14,6 @@ replays in file order.
 
 from __future__ import annotations
 
-import csv
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -33,7 +32,7 @@ from monitor.records import (
     post_from_record,
 )
 from monitor.tasks import TaskDefinition
-from monitor.training.data import BadRow, jsonl_records, load_examples
+from monitor.training.data import BadRow, delimited_records, file_format, jsonl_records, load_examples
 
 DATE_COLUMNS = ("created_at", "date", "created_utc", "timestamp")
 SYNTHETIC_DAYS = 7
@@ -118,39 +117,11 @@ def _posts_from_jsonl(path: Path, *, source: str | None, skip_bad_rows: bool, on
 
 
 def _table_records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(start line, record) of a CSV/TSV/JSONL file, the way ``load_examples`` walks it."""
-    if fmt == "jsonl":
-        for number, record, _error in jsonl_records(path):
-            yield number, record if isinstance(record, dict) else {}
-        return
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        if fmt == "smm4h":
-            delimiter = "\t" if "\t" in handle.readline() else ","
-            handle.seek(0)
-        else:
-            delimiter = "\t" if fmt == "tsv" else ","
-        reader = csv.reader(handle, delimiter=delimiter)
-        header = [name.strip() for name in next(reader, [])]
-        end = reader.line_num
-        while True:
-            start = end + 1
-            try:
-                row = next(reader, None)
-            except csv.Error:
-                return  # load_examples has already refused the file
-            if row is None:
-                return
-            end = reader.line_num
-            if row:
-                yield start, dict(zip(header, row, strict=False)) if len(row) == len(header) else {}
-
-
-def _file_format(path: Path, task: TaskDefinition) -> str:
-    if task.data.format != "auto":
-        return task.data.format
-    suffix = path.suffix.lower()
-    return "jsonl" if suffix in (".jsonl", ".ndjson") else "tsv" if suffix in (".tsv", ".tab") else \
-        "smm4h" if suffix == ".txt" else "csv"
+    """(start line, record) of a CSV/TSV/JSONL file, read the way ``load_examples`` read it (which
+    already accepted the file); a record it would refuse comes as an empty dict."""
+    reader = jsonl_records(path) if fmt == "jsonl" else delimited_records(path, fmt)
+    for number, record, _problem in reader:
+        yield number, record if isinstance(record, dict) else {}
 
 
 def _row_index(path: Path, task: TaskDefinition) -> tuple[dict[str, int], dict[str, str], str | None]:
@@ -159,7 +130,7 @@ def _row_index(path: Path, task: TaskDefinition) -> tuple[dict[str, int], dict[s
     dates: dict[str, str] = {}
     date_column: str | None = None
     framing = task.data
-    for ordinal, (line, record) in enumerate(_table_records(path, _file_format(path, task)), start=1):
+    for ordinal, (line, record) in enumerate(_table_records(path, file_format(path, task.data)), start=1):
         if framing.id_field:
             id_field = next((name for name in framing.id_field if name in record), None)
             raw_id = record.get(id_field) if id_field is not None else None

@@ -130,7 +130,8 @@ class _Bad(Exception):
     """A record-level problem: becomes a BadRow or, without skip_bad_rows, a DataError."""
 
 
-def _file_format(path: Path, framing: DataFraming) -> str:
+def file_format(path: Path, framing: DataFraming) -> str:
+    """The framing's format, or the one the extension names; DataError when neither says."""
     if framing.format != "auto":
         return framing.format
     if path.suffix.lower() not in _SUFFIX_FORMATS:
@@ -139,8 +140,8 @@ def _file_format(path: Path, framing: DataFraming) -> str:
     return _SUFFIX_FORMATS[path.suffix.lower()]
 
 
-def _delimited(path: Path, fmt: str, on_header: Callable[[list[str]], None]
-               ) -> Iterator[tuple[int, dict[str, str] | None, str | None]]:
+def delimited_records(path: Path, fmt: str, on_header: Callable[[list[str]], None] = lambda _header: None
+                      ) -> Iterator[tuple[int, dict[str, str] | None, str | None]]:
     """(start line, row by column, problem) for each record of a CSV/TSV file with a header."""
     if csv.field_size_limit() < _FIELD_SIZE_LIMIT:
         csv.field_size_limit(_FIELD_SIZE_LIMIT)
@@ -276,7 +277,7 @@ def load_examples(path: str | Path, task: TaskDefinition, *, skip_bad_rows: bool
     """
     path = Path(path)
     framing = task.data
-    fmt = _file_format(path, framing)
+    fmt = file_format(path, framing)
     examples: list[Example] = []
     bad: list[BadRow] = []
     first_line: dict[str, int] = {}
@@ -288,7 +289,7 @@ def load_examples(path: str | Path, task: TaskDefinition, *, skip_bad_rows: bool
 
     ordinal = 0
     try:
-        records = jsonl_records(path) if fmt == "jsonl" else _delimited(path, fmt, on_header)
+        records = jsonl_records(path) if fmt == "jsonl" else delimited_records(path, fmt, on_header)
         for line, record, problem in records:
             ordinal += 1
             try:
