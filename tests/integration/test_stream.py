@@ -75,6 +75,15 @@ def _start_workers(env: dict, log_path: Path) -> subprocess.Popen:
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _stop_workers(workers: subprocess.Popen) -> None:
+    if workers.poll() is None:
+        os.killpg(workers.pid, signal.SIGTERM)
+        try:
+            workers.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(workers.pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
 def test_posts_flow_through_every_role_into_postgres(kafka, postgres_db, stream_env, tmp_path):
     topics, env = stream_env
@@ -107,11 +116,7 @@ def test_posts_flow_through_every_role_into_postgres(kafka, postgres_db, stream_
             signal_labels = set(session.scalars(select(Signal.label)).all())
         assert signal_labels <= {"social_anxiety"}
     finally:
-        os.killpg(workers.pid, signal.SIGTERM)
-        try:
-            workers.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(workers.pid, signal.SIGKILL)
+        _stop_workers(workers)
         factory.kw["bind"].dispose()
 
     consumer = KafkaConsumer(topics.dead_letter, bootstrap_servers=kafka.bootstrap_servers,
@@ -167,10 +172,5 @@ def test_kill_9_mid_stream_then_restart_loses_nothing_and_duplicates_nothing(kaf
         assert len(pairs) == len(set(pairs)) == GOOD
         assert _rows(factory, Explanation) == escalated
     finally:
-        if workers.poll() is None:
-            os.killpg(workers.pid, signal.SIGTERM)
-            try:
-                workers.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(workers.pid, signal.SIGKILL)
+        _stop_workers(workers)
         factory.kw["bind"].dispose()
