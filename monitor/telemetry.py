@@ -1,0 +1,177 @@
+"""Every Prometheus metric the monitor exports, in one place, and how a process serves them.
+
+Names follow Prometheus conventions: a ``monitor_`` prefix, ``_total`` on counters, unit suffixes.
+The dashboards in ``deploy/grafana`` and the rules in ``deploy/prometheus`` are checked in tests
+against ``METRIC_NAMES`` below, so a renamed metric breaks a test, not a dashboard in production.
+
+``monitor worker`` runs each role in a child process; the parent then serves one /metrics for all of
+them with prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set for the children
+before they import this module). A role started on its own (``python -m stream_jobs --role R``, one
+per container) serves its own registry. Gauges therefore declare how they aggregate across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+from prometheus_client import multiprocess
+
+from monitor.config import MetricsSettings
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Seconds; batch inference on CPU runs from milliseconds to a few seconds.
+_FAST = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A post's age when its row is written: seconds in a live stream, days in a backfill.
+_AGE = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0)
+
+# -- counters ------------------------------------------------------------------------------------------
+POSTS_CONSUMED = Counter("monitor_posts_consumed_total", "Records read from the posts topic (good and bad)")
+PREDICTIONS = Counter("monitor_predictions_total", "Posts classified, by task and predicted label",
+                      ["task", "label"])
+ESCALATIONS = Counter("monitor_escalations_total", "Predictions sent to the LLM explainer, by task and reason",
+                      ["task", "reason"])
+EXPLANATIONS = Counter("monitor_explanations_total",
+                       "Explainer outcomes by task and verdict (confirm, reject, unverified, over_budget)",
+                       ["task", "verdict"])
+FLIPS = Counter("monitor_flips_total", "Labels changed by an explainer verdict, by task", ["task"])
+NOT_EXPLAINED = Counter("monitor_not_explained_total",
+                        "Escalations kept with the classifier label because the explainer was over budget",
+                        ["task", "why"])
+PERSISTED = Counter("monitor_rows_persisted_total", "Rows inserted by the persist role, by table", ["table"])
+SIGNALS = Counter("monitor_signals_total", "Health signals flagged (final label is a signal label)",
+                  ["task", "label"])
+DEAD_LETTERS = Counter("monitor_dead_letters_total", "Records sent to the dead-letter topic, by stage and reason",
+                       ["stage", "reason"])
+ERRORS = Counter("monitor_errors_total", "Errors caught and handled inside a worker, by stage and kind",
+                 ["stage", "kind"])
+
+# -- histograms ----------------------------------------------------------------------------------------
+INFERENCE_SECONDS = Histogram("monitor_batch_inference_seconds", "Classifier time for one batch, by task",
+                              ["task"], buckets=_FAST)
+BATCH_SIZE = Histogram("monitor_batch_size_posts", "Posts per classify batch",
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+LLM_SECONDS = Histogram("monitor_llm_latency_seconds", "Time for one explanation (cache hits included), by task",
+                        ["task"], buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0))
+DB_WRITE_SECONDS = Histogram("monitor_db_write_seconds", "One persist transaction", buckets=_FAST)
+END_TO_END_SECONDS = Histogram("monitor_end_to_end_latency_seconds",
+                               "From a post's created_at to its prediction row", buckets=_AGE)
+PIPELINE_SECONDS = Histogram("monitor_pipeline_latency_seconds",
+                             "From a post's arrival on the posts topic to its prediction row", buckets=_AGE)
+
+# -- gauges --------------------------------------------------------------------------------------------
+CONSUMER_LAG = Gauge("monitor_consumer_lag_records", "Records not yet committed by a role's consumer group",
+                     ["group", "topic", "partition"], multiprocess_mode="mostrecent")
+EXPLAINER_QUEUE = Gauge("monitor_explainer_queue_depth", "Escalations taken by the explain role and not yet done",
+                        multiprocess_mode="livesum")
+MODEL_INFO = Gauge("monitor_model_info", "Models loaded by a worker (value 1)", ["task", "model_version", "role"],
+                   multiprocess_mode="max")
+GPU_MEMORY = Gauge("monitor_gpu_memory_bytes", "CUDA memory allocated by the classifier", ["device"],
+                   multiprocess_mode="livesum")
+LABEL_SHARE = Gauge("monitor_label_share_ratio", "Share of each predicted label over the recent window",
+                    ["task", "label"], multiprocess_mode="mostrecent")
+LABEL_SHARE_EXPECTED = Gauge("monitor_label_share_expected_ratio",
+                             "Share of each label in the model's test split (the drift reference)",
+                             ["task", "label"], multiprocess_mode="max")
+MEAN_CONFIDENCE = Gauge("monitor_mean_confidence_ratio", "Mean calibrated confidence over the recent window",
+                        ["task"], multiprocess_mode="mostrecent")
+SIGNAL_ALERT = Gauge("monitor_signal_alert", "1 while the latest bucket of a series is an EARS alert, else 0",
+                     ["task", "method", "granularity", "stratum", "series"], multiprocess_mode="mostrecent")
+SIGNAL_SCORE = Gauge("monitor_signal_score", "EARS score of the latest bucket (alert when >= threshold)",
+                     ["task", "method", "granularity", "stratum", "series"], multiprocess_mode="mostrecent")
+SIGNAL_OBSERVED = Gauge("monitor_signal_observed", "Observed value of the latest bucket of a signal series",
+                        ["task", "granularity", "stratum", "series"], multiprocess_mode="mostrecent")
+SIGNAL_EXPECTED = Gauge("monitor_signal_expected", "Baseline mean of the latest bucket of a signal series",
+                        ["task", "method", "granularity", "stratum", "series"], multiprocess_mode="mostrecent")
+BUDGET_TOKENS = Gauge("monitor_explainer_budget_tokens", "Explanations the budget allows right now",
+                      multiprocess_mode="livesum")
+
+_ALL = (POSTS_CONSUMED, PREDICTIONS, ESCALATIONS, EXPLANATIONS, FLIPS, NOT_EXPLAINED, PERSISTED, SIGNALS,
+        DEAD_LETTERS, ERRORS, INFERENCE_SECONDS, BATCH_SIZE, LLM_SECONDS, DB_WRITE_SECONDS, END_TO_END_SECONDS,
+        PIPELINE_SECONDS, CONSUMER_LAG, EXPLAINER_QUEUE, MODEL_INFO, GPU_MEMORY, LABEL_SHARE, LABEL_SHARE_EXPECTED,
+        MEAN_CONFIDENCE, SIGNAL_ALERT, SIGNAL_SCORE, SIGNAL_OBSERVED, SIGNAL_EXPECTED, BUDGET_TOKENS)
+
+
+def _exposed_names(metric) -> set[str]:  # noqa: ANN001
+    name = metric._name  # noqa: SLF001 - prometheus-client keeps the base name here
+    kind = metric._type  # noqa: SLF001
+    if kind == "counter":
+        return {f"{name}_total", f"{name}_created"}
+    if kind == "histogram":
+        return {f"{name}_bucket", f"{name}_sum", f"{name}_count", f"{name}_created"}
+    return {name}
+
+
+#: Every series name a scrape can show (counters with ``_total``, histograms with their suffixes).
+METRIC_NAMES: frozenset[str] = frozenset(n for m in _ALL for n in _exposed_names(m))
+
+
+def serve(settings: MetricsSettings, *, multiprocess_dir: Path | None = None) -> int | None:
+    """Serve /metrics on ``settings.host:settings.port`` (port 0 = off); returns the port served.
+
+    With ``multiprocess_dir`` the endpoint aggregates every process writing there (the parent of
+    ``monitor worker``); without, it serves this process's default registry.
+    """
+    if settings.port == 0:
+        return None
+    registry = None
+    if multiprocess_dir is not None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(multiprocess_dir))
+    kwargs = {"registry": registry} if registry is not None else {}
+    start_http_server(settings.port, addr=settings.host, **kwargs)
+    return settings.port
+
+
+def prepare_multiprocess_dir(folder: Path) -> Path:
+    """An empty folder for the children's metric files (stale files from a crashed run would add up)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop a finished child's live gauges (prometheus-client's multiprocess clean-up)."""
+    if multiprocess_enabled():
+        multiprocess.mark_process_dead(pid)
+
+
+# -- recording helpers: one call per pipeline event, so the agents stay short --------------------------
+
+def record_models(models: Iterable, role: str) -> None:  # noqa: ANN001 - TaskModel (no import cycle)
+    for m in models:
+        MODEL_INFO.labels(m.task.name, m.classifier.model_version, role).set(1)
+        counts = (m.classifier.card.data.get("label_counts") or {}).get("test") or {}
+        total = sum(counts.values())
+        for label in m.classifier.labels:
+            LABEL_SHARE_EXPECTED.labels(m.task.name, label).set(counts.get(label, 0) / total if total else 0.0)
+
+
+def record_label_mix(task: str, shares: Mapping[str, float], mean_confidence: float | None) -> None:
+    for label, share in shares.items():
+        LABEL_SHARE.labels(task, label).set(share)
+    if mean_confidence is not None:
+        MEAN_CONFIDENCE.labels(task).set(mean_confidence)
+
+
+def record_gpu_memory(device: str) -> None:
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    GPU_MEMORY.labels(device).set(torch.cuda.memory_allocated(device))
