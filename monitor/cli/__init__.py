@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from monitor.cli import config_cmd, db, models, services
+from monitor.cli import config_cmd, db, models, services, signals
 from monitor.cli.classify import classify
 from monitor.cli.demo import demo
 from monitor.cli.evaluate import evaluate
@@ -45,6 +45,7 @@ app.add_typer(db.app, name="db")
 app.add_typer(services.app, name="services")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(models.app, name="models")
+app.add_typer(signals.app, name="signals")
 
 
 def describe_validation_error(exc: ValidationError) -> str:

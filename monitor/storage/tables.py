@@ -1,4 +1,4 @@
-"""SQLAlchemy tables: posts, predictions, explanations, signals and replay runs.
+"""SQLAlchemy tables: posts, predictions, explanations, signals, replay runs and alerts.
 
 Every table that a stream writes has a natural unique key, so an at-least-once redelivery of the
 same record inserts nothing new (see ``repository``). The same schema runs on PostgreSQL and on
@@ -196,3 +196,43 @@ class ReplayRun(Base):
     report: Mapped[dict[str, Any] | None] = mapped_column(Json)
 
     __table_args__ = (CheckConstraint(_one_of("status", RUN_STATUSES), name="status"),)
+
+
+GRANULARITIES = ("hour", "day")
+SERIES_KINDS = ("count", "weighted")
+EARS_METHODS = ("C1", "C2", "C3")
+
+
+class Alert(Base):
+    """An EARS detection: one bucket of one signal series that scored over its method's threshold.
+
+    The natural key is the series (task, granularity, stratum, kind), the method and the bucket, so a
+    detection re-run over the same buckets inserts nothing; the first detection of a bucket is kept.
+    """
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    task: Mapped[str] = mapped_column(String(64))
+    granularity: Mapped[str] = mapped_column(String(8))
+    stratum: Mapped[str] = mapped_column(String(320), comment="all, source:NAME or region:COUNTRY/REGION")
+    series: Mapped[str] = mapped_column(String(16), comment="count of flagged posts or weighted by confidence")
+    method: Mapped[str] = mapped_column(String(8))
+    bucket_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    bucket_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    observed: Mapped[float] = mapped_column(Float)
+    expected: Mapped[float] = mapped_column(Float, comment="baseline mean")
+    sd: Mapped[float] = mapped_column(Float, comment="baseline sd after the floor: score = (observed - expected) / sd")
+    score: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    posts: Mapped[int] = mapped_column(Integer, comment="flagged posts in the bucket")
+    top_posts: Mapped[list[dict[str, Any]]] = mapped_column(Json, comment="highest-confidence posts, explanations")
+    detected_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("task", "granularity", "stratum", "series", "method", "bucket_start"),
+        Index(None, "bucket_start"),
+        CheckConstraint(_one_of("granularity", GRANULARITIES), name="granularity"),
+        CheckConstraint(_one_of("series", SERIES_KINDS), name="series"),
+        CheckConstraint(_one_of("method", EARS_METHODS), name="method"),
+    )
