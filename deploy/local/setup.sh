@@ -17,13 +17,20 @@ say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
 
-# -- 1. Debian packages: Java and Maven for the Kafka broker, PostgreSQL, WordNet-----------------------
-need=()
-command -v java >/dev/null || need+=(openjdk-17-jre-headless)
-command -v mvn >/dev/null || need+=(maven)
-compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || need+=(postgresql)
-# WordNet 3.0 as plain files: the offline synonym source of the augmentation.
-[[ -f /usr/share/wordnet/data.noun ]] || need+=(wordnet-base)
+# -- 1. Debian packages: Java and Maven for the Kafka broker, PostgreSQL, WordNet, Prometheus tools ---
+missing_packages() {
+  need=()
+  command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null || need+=(maven)
+  compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || need+=(postgresql)
+  # WordNet 3.0 as plain files: the offline synonym source of the augmentation.
+  [[ -f /usr/share/wordnet/data.noun ]] || need+=(wordnet-base)
+  # Prometheus (prometheus, promtool) and Alertmanager (prometheus-alertmanager, amtool): the tests
+  # check deploy/prometheus with them and start throw-away instances; their system services stay off.
+  { command -v promtool && command -v prometheus; } >/dev/null || need+=(prometheus)
+  { command -v amtool && command -v prometheus-alertmanager; } >/dev/null || need+=(prometheus-alertmanager)
+}
+missing_packages
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "missing system packages: ${need[*]} (run: sudo apt-get install ${need[*]})" >&2
@@ -31,8 +38,27 @@ if ((${#need[@]})); then
   fi
   say "installing Debian packages: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # The packages' postinst scripts start their system services (prometheus, alertmanager, the
+  # default PostgreSQL cluster); the project starts its own, and a container has no init to run
+  # them. A policy-rc.d that denies starts (invoke-rc.d(8); deb-systemd-invoke honours it too)
+  # makes that a no-op. Ours is removed afterwards; an existing one is left alone.
+  policy=/usr/sbin/policy-rc.d
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\n# written by health-monitor setup.sh for the length of its apt-get install\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+  # A postinst that still fails (a service manager in a half-working state) leaves the files
+  # installed: what counts is whether the commands are there now, checked below.
+  apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null ||
+    say "apt-get install reported an error; checking what was installed"
+  if grep -qs 'health-monitor setup.sh' "$policy"; then rm -f "$policy"; trap - EXIT; fi
+  missing_packages
+  if ((${#need[@]})); then
+    echo "still missing after apt-get install: ${need[*]}" >&2
+    exit 1
+  fi
 fi
 
 # -- 2. the shared dependency venv -----------------------------------------------------------------
