@@ -73,6 +73,8 @@ def open_producer(kafka: KafkaSettings, compression: Compression) -> Any:
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
+    from monitor.kafka_security import client_options
+
     timeout_ms = int(kafka.request_timeout_s * 1000)
     options: dict[str, Any] = {
         "bootstrap_servers": kafka.bootstrap_servers,
@@ -87,6 +89,7 @@ def open_producer(kafka: KafkaSettings, compression: Compression) -> Any:
         "delivery_timeout_ms": DELIVERY_TIMEOUT_MS,
         "max_block_ms": timeout_ms,
         "bootstrap_timeout_ms": timeout_ms,
+        **client_options(kafka),
     }
     options = {key: value for key, value in options.items() if key in KafkaProducer.DEFAULT_CONFIG}
     try:

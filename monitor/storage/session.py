@@ -38,7 +38,17 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
         return engine
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")  # psycopg 3 is the driver we ship
-    return create_engine(url, echo=settings.echo, pool_size=settings.pool_size, pool_pre_ping=True)
+    if settings.password is not None:
+        # The password comes from a secret, the rest of the URL from plain configuration.
+        url = url.set(password=settings.password.get_secret_value())
+    return create_engine(url, echo=settings.echo, pool_size=settings.pool_size, pool_pre_ping=True,
+                         connect_args=libpq_tls_args(settings))
+
+
+def libpq_tls_args(settings: DatabaseSettings) -> dict[str, str]:
+    """The TLS settings as libpq connection parameters (they win over the same ones in the URL)."""
+    return {name: str(value) for name in ("sslmode", "sslrootcert", "sslcert", "sslkey")
+            if (value := getattr(settings, name)) is not None}
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
