@@ -15,6 +15,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from monitor.config import KafkaSettings
 from monitor.errors import BrokerError
+from monitor.kafka_security import client_options, describe
 from monitor.topology import TopicSpec
 
 
@@ -34,9 +35,12 @@ def admin_client(settings: KafkaSettings) -> Iterator[KafkaAdminClient]:
             client_id=f"{settings.client_id}-admin",
             request_timeout_ms=timeout_ms,
             bootstrap_timeout_ms=timeout_ms,
+            **client_options(settings),
         )
     except KafkaError as exc:
-        raise BrokerError(f"no Kafka broker answers at {settings.bootstrap_servers}: {exc}") from exc
+        raise BrokerError(
+            f"no Kafka broker answers at {settings.bootstrap_servers} ({describe(settings)}): {exc}"
+        ) from exc
     try:
         yield client
     except KafkaError as exc:
@@ -87,9 +91,12 @@ def _consumer(settings: KafkaSettings, purpose: str) -> KafkaConsumer:
     """A consumer in no group that commits nothing: for reads that must not disturb the pipeline."""
     try:
         return KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.client_id}-{purpose}",
-                             group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
+                             group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                             **client_options(settings))
     except KafkaError as exc:
-        raise BrokerError(f"no Kafka broker answers at {settings.bootstrap_servers}: {exc}") from exc
+        raise BrokerError(
+            f"no Kafka broker answers at {settings.bootstrap_servers} ({describe(settings)}): {exc}"
+        ) from exc
 
 
 def _partitions(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
@@ -149,3 +156,24 @@ def records_between(settings: KafkaSettings, topic: str, start_ms: int, end_ms: 
         raise BrokerError(f"cannot read {topic!r} by time: {exc}") from exc
     finally:
         consumer.close()
+
+
+def group_lag(settings: KafkaSettings, group: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+    """Records not yet committed by ``group``, per (topic, partition) of ``topics``.
+
+    A partition the group has never committed counts from its earliest retained offset.
+    """
+    with admin_client(settings) as client:
+        offsets = client.list_group_offsets({group: None}).get(group, {})
+        committed = {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+    consumer = _consumer(settings, "lag")
+    try:
+        partitions = [tp for topic in topics for tp in _partitions(consumer, topic)]
+        ends = consumer.end_offsets(partitions)
+        starts = consumer.beginning_offsets(partitions)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot read the offsets of {', '.join(topics)}: {exc}") from exc
+    finally:
+        consumer.close()
+    return {(tp.topic, tp.partition): max(0, ends[tp] - committed.get((tp.topic, tp.partition), starts[tp]))
+            for tp in partitions}

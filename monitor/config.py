@@ -10,9 +10,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _HOME = Path.home()
@@ -61,6 +70,14 @@ def check_database_url(url: str) -> str:
     return url
 
 
+def mask_url_password(url: str) -> str:
+    """The URL with its password, if any, replaced by ``***`` (for printing, never for connecting)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
+
+
 class KafkaSettings(_Section):
     """Where the broker is and how the project's topics are created."""
 
@@ -71,12 +88,52 @@ class KafkaSettings(_Section):
     retention_hours: int = Field(24 * 30, ge=1, description="Retention of the stage topics (posts, predictions, ...)")
     dead_letter_retention_hours: int = Field(24 * 90, ge=1, description="Retention of the dead-letter topic")
     request_timeout_s: float = Field(30.0, gt=0, description="Timeout for admin and metadata requests")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (SASL_SSL for any broker off this machine)"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a SASL_* protocol)"
+    )
+    sasl_username: str | None = Field(None, description="SASL user name (with a SASL_* protocol)")
+    sasl_password: SecretStr | None = Field(
+        None, description="SASL password (with a SASL_* protocol); keep it in a secret"
+    )
+    ssl_cafile: FilePath | None = Field(
+        None, description="PEM file of the CA that signed the brokers' certificates; unset = the system trust store"
+    )
+    ssl_certfile: FilePath | None = Field(None, description="PEM client certificate for mutual TLS (with ssl_keyfile)")
+    ssl_keyfile: FilePath | None = Field(None, description="PEM private key of the client certificate")
+    ssl_key_password: SecretStr | None = Field(None, description="Password of ssl_keyfile, if it is encrypted")
+    ssl_check_hostname: bool = Field(True, description="Check that a broker's certificate names its host")
 
     @field_validator("bootstrap_servers")
     @classmethod
     def _bootstrap(cls, value: str) -> str:
         parse_bootstrap(value)
         return value
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @model_validator(mode="after")
+    def _security(self) -> KafkaSettings:
+        """Refuse settings that would be silently ignored: a password sent nowhere is a mistake."""
+        if self.uses_sasl and not (self.sasl_username and self.sasl_password and self.sasl_password.get_secret_value()):
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_username and sasl_password")
+        if not self.uses_sasl and (self.sasl_username or self.sasl_password):
+            raise ValueError(f"sasl_username/sasl_password are set but security_protocol is {self.security_protocol}")
+        tls_files = [name for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if getattr(self, name)]
+        if not self.uses_tls and (tls_files or self.ssl_key_password):
+            raise ValueError(f"{', '.join(tls_files) or 'ssl_key_password'} set but security_protocol is "
+                             f"{self.security_protocol} (use SSL or SASL_SSL)")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError("ssl_certfile and ssl_keyfile go together (mutual TLS needs both)")
+        return self
 
 
 class TopicSettings(_Section):
@@ -110,11 +167,49 @@ class DatabaseSettings(_Section):
     )
     echo: bool = Field(False, description="Log every SQL statement")
     pool_size: int = Field(5, ge=1, le=100, description="Connection pool size (PostgreSQL)")
+    password: SecretStr | None = Field(
+        None,
+        description="PostgreSQL password; replaces the URL's, so the URL can live in plain config and this in a secret",
+    )
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = Field(
+        None,
+        description="PostgreSQL TLS mode (verify-full for a server off this machine); unset = libpq's default, prefer",
+    )
+    sslrootcert: str | None = Field(
+        None, description="PEM file of the CA that signed the server certificate, or 'system' for the OS trust store"
+    )
+    sslcert: FilePath | None = Field(None, description="PEM client certificate (PostgreSQL cert authentication)")
+    sslkey: FilePath | None = Field(None, description="Private key of sslcert (libpq wants mode 0600 or 0640)")
 
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
         return check_database_url(value)
+
+    @field_validator("sslrootcert")
+    @classmethod
+    def _rootcert(cls, value: str | None) -> str | None:
+        if value is not None and value != "system" and not Path(value).is_file():
+            raise ValueError(f"{value!r} is not a file (give a PEM file, or 'system' for the OS trust store)")
+        return value
+
+    @field_serializer("url", when_used="json")
+    def _mask_url_password(self, value: str) -> str:
+        """``monitor config show`` and every JSON dump print the URL without its password."""
+        return mask_url_password(value)
+
+    def __repr_args__(self):  # noqa: ANN204 - pydantic's own signature
+        for name, value in super().__repr_args__():
+            yield name, mask_url_password(value) if name == "url" else value
+
+    @model_validator(mode="after")
+    def _postgres_only(self) -> DatabaseSettings:
+        tls = [name for name in ("password", "sslmode", "sslrootcert", "sslcert", "sslkey") if getattr(self, name)]
+        if tls and not self.url.startswith("postgresql"):
+            raise ValueError(f"{', '.join(tls)} apply to PostgreSQL only, but the URL is {self.url.split(':', 1)[0]}")
+        if bool(self.sslcert) != bool(self.sslkey):
+            raise ValueError("sslcert and sslkey go together")
+        return self
 
 
 class ClassifierSettings(_Section):
@@ -129,6 +224,12 @@ class ClassifierSettings(_Section):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     batch_size: int = Field(32, ge=1, le=4096, description="Posts per forward pass")
     max_length: int = Field(256, ge=8, le=8192, description="Tokens kept per post")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Weights at inference: auto = bfloat16 on CUDA and on CPUs with native bf16, else float32"
+    )
+    overlap_tokenize: bool | None = Field(
+        None, description="Tokenise the next batch while this one runs (unset = on for CUDA, off for CPU)"
+    )
 
     @field_validator("device")
     @classmethod
@@ -181,6 +282,49 @@ class MetricsSettings(_Section):
 
     host: str = Field("127.0.0.1", description="Address the /metrics endpoint binds (0.0.0.0 to be scraped remotely)")
     port: int = Field(9108, ge=0, le=65535, description="Port of the /metrics endpoint (0 = off)")
+    label_window: int = Field(1000, ge=10, le=1_000_000, description="Predictions per task in the label-mix window (drift gauges)")
+    lag_interval_s: float = Field(15.0, gt=0, description="How often a worker measures its consumer group's lag")
+
+
+class SignalsSettings(_Section):
+    """EARS spike detection over flagged signals (``monitor signals``; the persist worker runs it periodically)."""
+
+    methods: tuple[Literal["C1", "C2", "C3"], ...] = Field(
+        ("C1", "C2", "C3"), min_length=1, description="EARS methods run on every series (JSON list)"
+    )
+    granularities: tuple[Literal["hour", "day"], ...] = Field(
+        ("hour", "day"), min_length=1, description="Bucket sizes, in UTC (JSON list)"
+    )
+    series: tuple[Literal["count", "weighted"], ...] = Field(
+        ("count", "weighted"), min_length=1,
+        description="count = flagged posts per bucket; weighted = the sum of their calibrated probabilities (JSON list)",
+    )
+    baseline: int = Field(7, ge=2, le=56, description="Buckets in the EARS baseline window (the CDC's 7)")
+    guard: int = Field(2, ge=0, le=14, description="Guard band of C2 and C3: buckets between the baseline and the "
+                       "bucket tested (C1 has none)")
+    c1_threshold: float = Field(3.0, gt=0, description="C1 alerts when its score exceeds this (baseline sds)")
+    c2_threshold: float = Field(3.0, gt=0, description="C2 alerts when its score exceeds this (baseline sds)")
+    c3_threshold: float = Field(2.0, gt=0, description="C3 alerts when its sum of three C2 excesses exceeds this")
+    sd_floor: float = Field(0.5, gt=0, description="Smallest baseline sd a score divides by (minSigma): after an "
+                            "all-zero baseline a bucket needs more than threshold x floor")
+    min_posts: int = Field(3, ge=1, description="A bucket with fewer flagged posts never alerts, whatever its score")
+    history_buckets: int = Field(48, ge=3, le=10000, description="Latest complete buckets read per series at each "
+                                 "detection (at least baseline + guard + 3, for C3)")
+    settle_s: float = Field(120.0, ge=0, description="A bucket is tested once it ended this long ago (signals still in "
+                            "the pipeline)")
+    by_stratum: bool = Field(True, description="Also a series per source and per region (geo) where posts carry them")
+    max_strata: int = Field(20, ge=1, le=1000, description="Per task, at most this many sources and regions (the "
+                            "busiest), to bound the alert gauges' label sets")
+    top_posts: int = Field(5, ge=0, le=100, description="Posts with the highest confidence stored with an alert")
+    detect_every_s: float = Field(60.0, gt=0, description="How often the persist worker runs detection")
+
+    @model_validator(mode="after")
+    def _history_covers_c3(self) -> SignalsSettings:
+        needed = self.baseline + self.guard + 3
+        if self.history_buckets < needed:
+            raise ValueError(f"history_buckets must be at least baseline + guard + 3 = {needed} for C3 to score "
+                             "the latest bucket")
+        return self
 
 
 class ServicesSettings(_Section):
@@ -241,6 +385,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = StreamSettings()
     metrics: MetricsSettings = MetricsSettings()
     privacy: PrivacySettings = PrivacySettings()
+    signals: SignalsSettings = SignalsSettings()
     services: ServicesSettings = ServicesSettings()
 
     @field_validator("data_dir", "cache_dir")

@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session, sessionmaker
 
+from monitor import telemetry
 from monitor.assessment import allowed_mode
 from monitor.classifier import Classifier
 from monitor.config import ClassifierSettings, ExplainerSettings
@@ -48,6 +49,7 @@ class Case(BaseModel):
     prediction: Prediction
     escalation: str | None = None
     classified_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    received_at: datetime | None = Field(None, description="when the post arrived on the posts topic")
 
 
 class Decision(BaseModel):
@@ -109,12 +111,19 @@ def load_task_models(folders: Sequence[Path], settings: ClassifierSettings, *,
     return models
 
 
-def classify_batch(posts: Sequence[Post], models: Sequence[TaskModel], policy: Policy) -> list[Case]:
+def classify_batch(posts: Sequence[Post], models: Sequence[TaskModel], policy: Policy,
+                   *, received_at: Sequence[datetime | None] | None = None) -> list[Case]:
     """Every model on the whole batch; the policy picks which predictions to escalate (per task)."""
     cases: list[Case] = []
     texts = [p.text for p in posts]
+    arrived = list(received_at) if received_at is not None else [None] * len(posts)
+    if posts:
+        telemetry.BATCH_SIZE.observe(len(posts))
     for model in models:
+        task = model.task.name
+        started = time.perf_counter()
         probs = model.classifier.predict_proba(texts)
+        telemetry.INFERENCE_SECONDS.labels(task).observe(time.perf_counter() - started)
         labels = model.classifier.labels
         best = probs.argmax(axis=1)
         candidates = [Candidate(labels[i], float(probs[row, i])) for row, i in enumerate(best)]
@@ -125,12 +134,16 @@ def classify_batch(posts: Sequence[Post], models: Sequence[TaskModel], policy: P
             reason = (escalation_reason(candidates[row], policy, threshold=threshold,
                                         signal_labels=model.task.signal_labels) if row in chosen else None)
             prediction = Prediction(
-                post_id=post.id, source=post.source, task=model.task.name,
+                post_id=post.id, source=post.source, task=task,
                 model_version=model.classifier.model_version, label=candidates[row].label,
                 probabilities={label: float(p) for label, p in zip(labels, probs[row], strict=True)},
                 confidence=candidates[row].confidence, escalated=reason is not None,
             )
-            cases.append(Case(post=post, prediction=prediction, escalation=reason))
+            telemetry.PREDICTIONS.labels(task, prediction.label).inc()
+            if reason is not None:
+                telemetry.ESCALATIONS.labels(task, reason).inc()
+            cases.append(Case(post=post, prediction=prediction, escalation=reason, received_at=arrived[row]))
+        telemetry.record_gpu_memory(model.classifier.device)
     return cases
 
 
@@ -147,6 +160,7 @@ def explain_case(case: Case, model: TaskModel, explainer: LlamaExplainer, budget
     its classifier label and is marked ``over_budget``: a backlog never grows without bound.
     """
     predicted = case.prediction.label
+    task = model.task.name
     waited = ((now or datetime.now(UTC)) - case.classified_at).total_seconds()
     stale = max_wait_s is not None and waited > max_wait_s
     if stale or (budget is not None and not budget.try_take()):
@@ -154,9 +168,15 @@ def explain_case(case: Case, model: TaskModel, explainer: LlamaExplainer, budget
         explanation = Explanation(verdict="over_budget", predicted_label=predicted,
                                   reason=f"not explained: {why}",
                                   llm_model=explainer.model_name, prompt_version=prompt_version(model.task))
+        telemetry.NOT_EXPLAINED.labels(task, "backlog" if stale else "budget").inc()
     else:
+        started = time.perf_counter()
         explanation = explainer.explain(model.task, case.post.text, predicted)
+        telemetry.LLM_SECONDS.labels(task).observe(time.perf_counter() - started)
     final, decided_by = apply_verdict(predicted, explanation.verdict, explanation.suggested_label, model.mode)
+    telemetry.EXPLANATIONS.labels(task, explanation.verdict).inc()
+    if final != predicted:
+        telemetry.FLIPS.labels(task).inc()
     return Decision(case=case, final_label=final, decided_by=decided_by, is_signal=final in model.task.signal_labels,
                     explanation=explanation)
 
@@ -187,6 +207,26 @@ def persist(session: Session, cases: Sequence[Case], decisions: Sequence[Decisio
                             "post_created_at": post.created_at})
     rows["explanations"] = repository.upsert_explanations(session, explanations)
     rows["signals"] = repository.upsert_signals(session, signals)
+    return rows
+
+
+def write(factory: sessionmaker[Session], cases: Sequence[Case], decisions: Sequence[Decision], *,
+          author_key: bytes, run: str = LIVE_RUN) -> dict[str, int]:
+    """``persist`` in one transaction, timed and counted (rows inserted, signals, latencies)."""
+    started = time.perf_counter()
+    with transaction(factory) as session:
+        rows = persist(session, cases, decisions, author_key=author_key, run=run)
+    telemetry.DB_WRITE_SECONDS.observe(time.perf_counter() - started)
+    for table in ("predictions", "explanations", "signals"):  # posts_seen counts lookups, not inserts
+        telemetry.PERSISTED.labels(table).inc(rows[table])
+    done = datetime.now(UTC)
+    for case in [*cases, *(d.case for d in decisions)]:
+        telemetry.END_TO_END_SECONDS.observe(max(0.0, (done - case.post.created_at).total_seconds()))
+        if case.received_at is not None:
+            telemetry.PIPELINE_SECONDS.observe(max(0.0, (done - case.received_at).total_seconds()))
+    for d in decisions:
+        if d.is_signal:
+            telemetry.SIGNALS.labels(d.case.prediction.task, d.final_label).inc()
     return rows
 
 
@@ -223,8 +263,7 @@ def process_batch(
         result.signals += d.is_signal
     if factory is not None:
         started = time.perf_counter()
-        with transaction(factory) as session:
-            result.rows = persist(session, [], decisions, author_key=author_key, run=run)
+        result.rows = write(factory, [], decisions, author_key=author_key, run=run)
         result.rows["write_ms"] = int((time.perf_counter() - started) * 1000)
     return result
 

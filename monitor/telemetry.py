@@ -142,13 +142,13 @@ def prepare_multiprocess_dir(folder: Path) -> Path:
 
 
 def multiprocess_enabled() -> bool:
+    """Whether this process writes its samples for a parent to serve (prometheus-client's own variable)."""
     return bool(os.environ.get(MULTIPROC_ENV))
 
 
-def mark_process_dead(pid: int) -> None:
+def mark_process_dead(pid: int, folder: Path) -> None:
     """Drop a finished child's live gauges (prometheus-client's multiprocess clean-up)."""
-    if multiprocess_enabled():
-        multiprocess.mark_process_dead(pid)
+    multiprocess.mark_process_dead(pid, path=str(folder))
 
 
 # -- recording helpers: one call per pipeline event, so the agents stay short --------------------------

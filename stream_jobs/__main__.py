@@ -23,13 +23,21 @@ def main(argv: list[str] | None = None) -> int:
     from monitor.config import Settings
     from stream_jobs.app import build_worker
 
+    from monitor import telemetry
+
     try:
-        app = build_worker(Settings(), args.role)
+        settings = Settings()
+        app = build_worker(settings, args.role)
+        if not telemetry.multiprocess_enabled():  # started alone (a container): serve our own /metrics
+            telemetry.serve(settings.metrics)
     except ValidationError as exc:
         print(f"error: {describe_validation_error(exc)}", file=sys.stderr)
         return 1
     except MonitorError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the metrics port is taken
+        print(f"error: cannot serve metrics on {settings.metrics.host}:{settings.metrics.port}: {exc}", file=sys.stderr)
         return 1
     Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
     return 0

@@ -7,11 +7,19 @@ Commits and offsets are Kafka's (at-least-once); exact results come from idempot
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import faust
 
+from monitor import telemetry
+from monitor.broker import group_lag
 from monitor.config import Settings, parse_bootstrap
+from stream_jobs.security import broker_credentials
+
+
+#: The topics each role consumes (fields of ``TopicSettings``): its consumer lag is measured on these.
+ROLE_INPUTS = {"classify": ("posts",), "explain": ("escalations",), "persist": ("predictions", "explanations")}
 
 
 def broker_urls(settings: Settings) -> list[str]:
@@ -25,6 +33,7 @@ def create_app(settings: Settings, *, app_id: str = "health-monitor", **override
     options: dict[str, object] = {
         "broker": broker_urls(settings),
         "broker_client_id": settings.kafka.client_id,
+        "broker_credentials": broker_credentials(settings.kafka),  # None = PLAINTEXT, Faust's default
         "store": "memory://",
         "datadir": str(datadir),
         "topic_partitions": settings.kafka.partitions,
@@ -46,8 +55,22 @@ def build_worker(settings: Settings, role: str) -> faust.App:
     from stream_jobs.resources import build_resources
     from stream_jobs.topics import declare_topics
 
-    app = create_app(settings, app_id=f"{settings.stream.app_id}-{role}")
+    group = f"{settings.stream.app_id}-{role}"  # Faust's consumer group is its app id
+    app = create_app(settings, app_id=group)
     resources = build_resources(settings, (role,))
     topics = declare_topics(app, settings.topics)
     {"classify": classify, "explain": explain, "persist": persist}[role].register(app, topics, resources)
+    watched = [getattr(settings.topics, name) for name in ROLE_INPUTS[role]]
+
+    @app.timer(interval=settings.metrics.lag_interval_s)
+    async def measure_lag() -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            lag = await loop.run_in_executor(resources.executor, group_lag, settings.kafka, group, watched)
+        except Exception as exc:  # noqa: BLE001 - a measurement never stops the worker; the lag keeps its last value
+            telemetry.ERRORS.labels("lag", type(exc).__name__).inc()
+            return
+        for (topic, partition), records in lag.items():
+            telemetry.CONSUMER_LAG.labels(group, topic, str(partition)).set(records)
+
     return app

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from monitor import telemetry
 from monitor.config import Settings
+from monitor.drift import LabelWindow
 from monitor.explainer.policy import ExplanationBudget, Policy
 from monitor.pipeline import TaskModel, load_task_models, policy_from_settings
 from monitor.privacy import load_author_key
@@ -25,6 +29,20 @@ class Resources:
     author_key: bytes
     # Blocking work (torch, llama.cpp, the database) runs here, never on the event loop.
     executor: ThreadPoolExecutor
+    windows: dict[str, LabelWindow] = field(default_factory=dict)
+
+    def observe_labels(self, cases: Sequence[Any]) -> None:
+        """Feed the label-mix windows (drift gauges) with a batch of classified cases."""
+        by_task: dict[str, list[tuple[str, float]]] = defaultdict(list)
+        for case in cases:
+            by_task[case.prediction.task].append((case.prediction.label, case.prediction.confidence))
+        for task, predictions in by_task.items():
+            window = self.windows.get(task)
+            if window is None:
+                labels = self.models[task].classifier.labels if task in self.models else ()
+                window = self.windows[task] = LabelWindow(labels, size=self.settings.metrics.label_window)
+            window.add(predictions)
+            telemetry.record_label_mix(task, window.shares(), window.mean_confidence())
 
 
 def build_resources(settings: Settings, roles: tuple[str, ...]) -> Resources:
@@ -44,6 +62,8 @@ def build_resources(settings: Settings, roles: tuple[str, ...]) -> Resources:
 
         migrations.require_head(settings.database)
         factory = make_sessionmaker(create_db_engine(settings.database))
+    for role in roles:
+        telemetry.record_models(models, role)
     key = settings.privacy.author_key
     return Resources(
         settings=settings,

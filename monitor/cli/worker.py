@@ -7,6 +7,7 @@ starts one process per role and stops them together.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -28,13 +29,34 @@ class Role(str, Enum):
 
 
 def worker(
+    ctx: typer.Context,
     role: Role = typer.Option(Role.all, help="Which role to run (all = one process per role)"),
     loglevel: str = typer.Option("warn", help="Faust log level: crit, error, warn, info, debug"),
 ) -> None:
-    """Run stream workers until interrupted; a crashed role process stops the others with its exit code."""
+    """Run stream workers until interrupted; a crashed role process stops the others with its exit code.
+
+    One /metrics endpoint (MONITOR_METRICS__HOST:PORT) serves every role process started here
+    (prometheus-client's multiprocess mode).
+    """
+    from monitor import telemetry
+
+    settings = ctx.obj.settings
     roles = ROLES if role is Role.all else (role.value,)
+    env = dict(os.environ)
+    folder = None
+    if settings.metrics.port:
+        folder = telemetry.prepare_multiprocess_dir(settings.data_dir / "metrics" / str(os.getpid()))
+        # The children write their samples to files there and serve nothing; this process serves them.
+        env.update({telemetry.MULTIPROC_ENV: str(folder), "MONITOR_METRICS__PORT": "0"})
+        try:
+            telemetry.serve(settings.metrics, multiprocess_dir=folder)
+        except OSError as exc:
+            console.print(f"[red]cannot serve metrics on {settings.metrics.host}:{settings.metrics.port}: {exc}[/]")
+            raise typer.Exit(1) from exc
+        console.print(f"metrics: http://{settings.metrics.host}:{settings.metrics.port}/metrics")
     children = {
-        r: subprocess.Popen([sys.executable, "-m", "stream_jobs", "--role", r, "--loglevel", loglevel])  # noqa: S603
+        r: subprocess.Popen([sys.executable, "-m", "stream_jobs", "--role", r, "--loglevel", loglevel],  # noqa: S603
+                            env=env)
         for r in roles
     }
     console.print(f"workers: {', '.join(f'{r} (pid {p.pid})' for r, p in children.items())}")
@@ -53,6 +75,8 @@ def worker(
                 status = process.poll()
                 if status is not None:
                     del children[name]
+                    if folder is not None:
+                        telemetry.mark_process_dead(process.pid, folder)
                     if status != 0:
                         console.print(f"[red]{name} worker exited with {status}[/]")
                         code = code or status

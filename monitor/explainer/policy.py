@@ -97,3 +97,7 @@ class ExplanationBudget:
             self._tokens -= 1.0
             return True
         return False
+
+    def available(self) -> float:
+        """Explanations the bucket would allow right now (refilled to the clock, nothing taken)."""
+        return min(self.capacity, self._tokens + (self._clock() - self._last) * self.rate)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from functools import partial
 
+from monitor import telemetry
 from monitor.pipeline import classify_batch
 from monitor.records import DeadLetter, RecordError, decode_post
 
@@ -16,20 +18,30 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
     async def classify(stream):  # noqa: ANN001
         loop = asyncio.get_running_loop()
         async for events in stream.take_events(batch_size, within=within):
-            posts = []
+            telemetry.POSTS_CONSUMED.inc(len(events))
+            posts, arrived = [], []
             for event in events:
                 message = event.message
                 raw = message.value or b""  # a tombstone or empty value is a bad record too
+                received = datetime.fromtimestamp(message.timestamp, UTC)
                 try:
-                    posts.append(decode_post(raw, fallback_time=datetime.fromtimestamp(message.timestamp, UTC)))
+                    posts.append(decode_post(raw, fallback_time=received))
+                    arrived.append(received)
                 except RecordError as exc:
                     letter = DeadLetter.from_error(exc, raw=raw, stage="decode", key=message.key, topic=message.topic,
                                                    partition=message.partition, offset=message.offset)
                     await topics["dead_letter"].send(key=message.key, value=letter.to_bytes())
+                    telemetry.DEAD_LETTERS.labels("decode", exc.reason).inc()
             if not posts:
                 continue
-            cases = await loop.run_in_executor(resources.executor, classify_batch, posts,
-                                               list(resources.models.values()), resources.policy)
+            try:
+                cases = await loop.run_in_executor(
+                    resources.executor, partial(classify_batch, posts, list(resources.models.values()),
+                                                resources.policy, received_at=arrived))
+            except Exception as exc:
+                telemetry.ERRORS.labels("classify", type(exc).__name__).inc()
+                raise  # the worker stops; a restart resumes from the last committed offset
+            resources.observe_labels(cases)
             for case in cases:
                 key, value = case.post.id.encode(), case.model_dump_json().encode()
                 await topics["predictions"].send(key=key, value=value)

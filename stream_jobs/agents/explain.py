@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 
+from monitor import telemetry
 from monitor.pipeline import Case, explain_case
 
 
@@ -17,8 +18,16 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
             model = resources.models.get(case.prediction.task)
             if model is None:  # a task this worker has no model for: another deployment's escalation
                 continue
-            decision = await loop.run_in_executor(
-                resources.executor,
-                partial(explain_case, case, model, resources.explainer, resources.budget,
-                        max_wait_s=resources.settings.explainer.max_wait_s))
+            telemetry.EXPLAINER_QUEUE.inc()
+            try:
+                decision = await loop.run_in_executor(
+                    resources.executor,
+                    partial(explain_case, case, model, resources.explainer, resources.budget,
+                            max_wait_s=resources.settings.explainer.max_wait_s))
+            except Exception as exc:
+                telemetry.ERRORS.labels("explain", type(exc).__name__).inc()
+                raise  # the worker stops; a restart resumes from the last committed offset
+            finally:
+                telemetry.EXPLAINER_QUEUE.dec()
+                telemetry.BUDGET_TOKENS.set(resources.budget.available() if resources.budget else 0)
             await topics["explanations"].send(key=case.post.id.encode(), value=decision.model_dump_json().encode())

@@ -1,29 +1,40 @@
-"""posts.classified + posts.explained -> idempotent upserts -> signals.flagged."""
+"""posts.classified + posts.explained -> idempotent upserts -> signals.flagged; periodic EARS detection."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
-from monitor.pipeline import Case, Decision, decide_by_classifier, persist
+from monitor import telemetry
+from monitor.pipeline import Case, Decision, decide_by_classifier, write
+from monitor.signals.detect import publish, run_detection
 from monitor.storage.session import transaction
 
 
 def _write(resources, cases, decisions) -> dict[str, int]:  # noqa: ANN001
+    return write(resources.factory, cases, decisions, author_key=resources.author_key)
+
+
+def _detect(resources):  # noqa: ANN001, ANN202
     with transaction(resources.factory) as session:
-        return persist(session, cases, decisions, author_key=resources.author_key)
+        return run_detection(session, resources.settings.signals, now=datetime.now(UTC))
 
 
 def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
     batch_size, within = resources.settings.stream.persist_batch, resources.settings.stream.batch_seconds
 
-    async def flagged(decisions) -> None:  # noqa: ANN001
+    async def store(cases, decisions) -> None:  # noqa: ANN001
+        try:
+            await asyncio.get_running_loop().run_in_executor(resources.executor, _write, resources, cases, decisions)
+        except Exception as exc:
+            telemetry.ERRORS.labels("persist", type(exc).__name__).inc()
+            raise  # the worker stops; a restart resumes from the last committed offset
         for d in decisions:
             if d.is_signal:
                 await topics["signals"].send(key=d.case.post.id.encode(), value=d.model_dump_json().encode())
 
     @app.agent(topics["predictions"], name="persist-predictions")
     async def persist_predictions(stream):  # noqa: ANN001
-        loop = asyncio.get_running_loop()
         async for values in stream.take(batch_size, within=within):
             cases, decisions = [], []
             for value in values:
@@ -33,13 +44,20 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
                     decisions.append(decide_by_classifier(case, model.task))
                 else:  # the explainer decides; its Decision arrives on posts.explained
                     cases.append(case)
-            await loop.run_in_executor(resources.executor, _write, resources, cases, decisions)
-            await flagged(decisions)
+            await store(cases, decisions)
 
     @app.agent(topics["explanations"], name="persist-explanations")
     async def persist_explanations(stream):  # noqa: ANN001
-        loop = asyncio.get_running_loop()
         async for values in stream.take(batch_size, within=within):
-            decisions = [Decision.model_validate_json(v) for v in values]
-            await loop.run_in_executor(resources.executor, _write, resources, [], decisions)
-            await flagged(decisions)
+            await store([], [Decision.model_validate_json(v) for v in values])
+
+    # Every persist worker may run it: alert rows are idempotent, the gauges are per series.
+    @app.timer(interval=resources.settings.signals.detect_every_s)
+    async def detect_spikes() -> None:
+        try:
+            report = await asyncio.get_running_loop().run_in_executor(resources.executor, _detect, resources)
+        except Exception as exc:  # detection must never stop persisting
+            telemetry.ERRORS.labels("detect", type(exc).__name__).inc()
+            app.log.exception("spike detection failed")
+            return
+        publish(report)
