@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from monitor import broker
 from monitor.config import DatabaseSettings, KafkaSettings, TopicSettings
 from monitor.records import DeadLetter, Post, encode_post
+from monitor.services import prometheus
 from monitor.storage import migrations
 from monitor.storage.session import create_db_engine, make_sessionmaker, transaction
 from monitor.storage.tables import Explanation, Prediction, Signal
@@ -31,15 +32,16 @@ from monitor.topology import topic_specs
 from monitor.training.data import load_examples
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
-GOOD, BAD = 300, 30
+GOOD = 300  # the kill -9 test
+MANY, MANY_BAD = 5000, 1000  # the end-to-end test
 
 
-def _bad_records() -> list[bytes]:
+def _bad_records(count: int) -> list[bytes]:
     kinds = [b"\xff\xfe not utf-8", b"{not json", b"[1, 2, 3]", b'{"text": "no id"}', b'{"id": "x1"}',
              b'{"id": "x2", "text": "   "}', b'{"id": 1.5, "text": "float id"}', b"",
              json.dumps({"id": "x3", "text": "t", "created_at": "yesterday-ish"}).encode(),
              json.dumps({"id": "x4", "text": "x" * 50_000}).encode()]
-    return [kinds[i % len(kinds)] for i in range(BAD)]
+    return [kinds[i % len(kinds)] for i in range(count)]
 
 
 @pytest.fixture
@@ -62,11 +64,12 @@ def _rows(factory, table) -> int:
         return session.scalar(select(func.count()).select_from(table))
 
 
-def _sample_posts(prefix: str, source: str) -> list[Post]:
+def _sample_posts(prefix: str, source: str, count: int = GOOD) -> list[Post]:
+    """``count`` posts with unique ids, texts from rmhd27 (repeated when ``count`` exceeds the file)."""
     examples = load_examples(SHARED / "rmhd27" / "rmhd27_dev.csv", load_task("rmhd27_social_anxiety")).examples
     now = datetime.now(UTC) - timedelta(minutes=30)
-    return [Post(id=f"{prefix}{e.id}", text=e.text, created_at=now + timedelta(seconds=i), source=source)
-            for i, e in enumerate(examples[:GOOD])]
+    return [Post(id=f"{prefix}{i}-{examples[i % len(examples)].id}", text=examples[i % len(examples)].text,
+                 created_at=now + timedelta(milliseconds=100 * i), source=source) for i in range(count)]
 
 
 def _start_workers(env: dict, log_path: Path) -> subprocess.Popen:
@@ -84,38 +87,83 @@ def _stop_workers(workers: subprocess.Popen) -> None:
             os.killpg(workers.pid, signal.SIGKILL)
 
 
+def _query_until(url: str, promql: str, expected: float, timeout_s: float = 30.0) -> float | None:
+    deadline, value = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        value = prometheus.query(url, promql)
+        if value == expected:
+            break
+        time.sleep(0.5)
+    return value
+
+
 @pytest.mark.slow
-def test_posts_flow_through_every_role_into_postgres(kafka, postgres_db, stream_env, tmp_path):
+def test_5000_posts_and_1000_malformed_through_every_role_counted_by_prometheus(kafka, postgres_db, stream_env,
+                                                                                tmp_path):
     topics, env = stream_env
-    posts = _sample_posts("s", "stream-test")
-    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
+    posts = _sample_posts("s", "stream-test", MANY)
+    bad = _bad_records(MANY_BAD)
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=20)
+    step = MANY // MANY_BAD
     for i, post in enumerate(posts):
         producer.send(topics.posts, key=post.id.encode(), value=encode_post(post))
-        if i % 10 == 0:
-            producer.send(topics.posts, key=b"bad", value=_bad_records()[i // 10])
+        if i % step == 0:
+            producer.send(topics.posts, key=b"bad", value=bad[i // step])
     producer.flush()
     producer.close()
 
+    port = prometheus.free_port()
+    # A budget well below what the stream escalates: the over-budget path runs too, and every
+    # escalation still gets exactly one explanation row.
+    env = {**env, "MONITOR_METRICS__PORT": str(port), "MONITOR_EXPLAINER__BUDGET_PER_S": "2",
+           "MONITOR_METRICS__LAG_INTERVAL_S": "1"}
     workers = _start_workers(env, tmp_path / "workers.log")
+    server = prometheus.start_prometheus(
+        prometheus.prometheus_config({"monitor": [f"127.0.0.1:{port}"]}, interval_s=1), [], tmp_path / "prom")
     factory = make_sessionmaker(create_db_engine(postgres_db))
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 420
+        while True:
             assert workers.poll() is None, (tmp_path / "workers.log").read_text()[-3000:]
             with transaction(factory) as session:
                 predictions = session.scalar(select(func.count()).select_from(Prediction))
                 escalated = session.scalar(select(func.count()).select_from(Prediction).where(Prediction.escalated))
                 explained = session.scalar(select(func.count()).select_from(Explanation))
-            if predictions == GOOD and explained == escalated:
+            if predictions == MANY and explained == escalated:
                 break
+            assert time.monotonic() < deadline, f"{predictions}/{MANY} predictions, {explained}/{escalated} explained"
             time.sleep(2)
-        assert _rows(factory, PostRow) == GOOD
-        assert _rows(factory, Prediction) == GOOD
+        assert _rows(factory, PostRow) == MANY
+        assert _rows(factory, Prediction) == MANY
         assert _rows(factory, Explanation) == escalated > 0
         with transaction(factory) as session:
+            pairs = session.execute(select(Prediction.post_id, Prediction.task)).all()
+            ids = session.scalars(select(PostRow.source_id)).all()
+            signals = session.scalar(select(func.count()).select_from(Signal))
             signal_labels = set(session.scalars(select(Signal.label)).all())
+            verdicts = dict(session.execute(select(Explanation.verdict, func.count()).group_by(Explanation.verdict)).all())
+        assert len(pairs) == len(set(pairs)) == MANY  # one prediction per (post, task)
+        assert sorted(ids) == sorted(p.id for p in posts)
         assert signal_labels <= {"social_anxiety"}
+        assert verdicts.get("over_budget", 0) > 0
+
+        # What Prometheus scraped from the workers' one endpoint equals what was processed.
+        url = server.url
+        assert _query_until(url, "sum(monitor_posts_consumed_total)", MANY + MANY_BAD) == MANY + MANY_BAD
+        assert _query_until(url, "sum(monitor_dead_letters_total)", MANY_BAD) == MANY_BAD
+        assert _query_until(url, 'sum(monitor_rows_persisted_total{table="predictions"})', MANY) == MANY
+        assert _query_until(url, 'sum(monitor_rows_persisted_total{table="explanations"})', escalated) == escalated
+        assert _query_until(url, 'sum(monitor_rows_persisted_total{table="signals"})', signals) == signals
+        assert _query_until(url, "sum(monitor_escalations_total)", escalated) == escalated
+        assert _query_until(url, 'sum(monitor_explanations_total{verdict="over_budget"})',
+                            verdicts["over_budget"]) == verdicts["over_budget"]
+        assert _query_until(url, "sum(monitor_consumer_lag_records)", 0) == 0
+        assert prometheus.query(url, "sum(monitor_pipeline_latency_seconds_count)") >= MANY
+        assert prometheus.query(url, 'count(monitor_model_info{role="classify"})') == 1
+        shares = prometheus.query(url, "sum(monitor_label_share_ratio)")
+        assert shares == pytest.approx(1.0)
     finally:
+        server.stop()
         _stop_workers(workers)
         factory.kw["bind"].dispose()
 
@@ -123,12 +171,12 @@ def test_posts_flow_through_every_role_into_postgres(kafka, postgres_db, stream_
                              auto_offset_reset="earliest", group_id=None, consumer_timeout_ms=5000)
     letters = [DeadLetter.from_bytes(record.value) for record in consumer]
     consumer.close()
-    assert len(letters) == BAD
+    assert len(letters) == MANY_BAD
     assert {letter.stage for letter in letters} == {"decode"}
     assert {"not_utf8", "not_json", "not_object", "missing_id", "missing_text", "blank_text"} <= {
         letter.reason for letter in letters}
     # Same key, same partition: the dead letters keep the order and the exact bytes of the originals.
-    assert [letter.original for letter in letters] == _bad_records()
+    assert [letter.original for letter in letters] == bad
 
 
 @pytest.mark.slow
