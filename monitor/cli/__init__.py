@@ -92,6 +92,20 @@ def root(
     ctx.obj = State(settings)
 
 
+def _click_exceptions() -> tuple[type[Exception], ...]:
+    """Click's usage-error class, and typer's vendored copy of it (typer >= 0.16 ships its own click)."""
+    from click.exceptions import ClickException
+
+    classes: list[type[Exception]] = [ClickException]
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+    except ImportError:
+        pass
+    else:
+        classes.append(TyperClickException)
+    return tuple(classes)
+
+
 def main() -> None:
     """Console entry point: a ``MonitorError`` is one red line and exit code 1, never a traceback."""
     try:
@@ -106,9 +120,7 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        from click.exceptions import ClickException
-
-        if isinstance(exc, ClickException):
+        if isinstance(exc, _click_exceptions()):
             exc.show()
             sys.exit(exc.exit_code)
         raise
