@@ -13,7 +13,7 @@ from monitor.cli import config_cmd, db, models, services, signals
 from monitor.cli.classify import classify
 from monitor.cli.demo import demo
 from monitor.cli.evaluate import evaluate
-from monitor.cli.explain import explain, explain_eval
+from monitor.cli.explain import explain, explain_adversarial, explain_eval
 from monitor.cli.produce import produce
 from monitor.cli.replay import replay
 from monitor.cli.train import train
@@ -40,6 +40,7 @@ app.command()(worker)
 app.command()(replay)
 app.command()(explain)
 app.command("explain-eval")(explain_eval)
+app.command("explain-adversarial")(explain_adversarial)
 app.command()(produce)
 app.add_typer(db.app, name="db")
 app.add_typer(services.app, name="services")

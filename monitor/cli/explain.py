@@ -149,3 +149,47 @@ def explain_eval(
         console.print(f"recorded in {write_policy(model, report)}")
     if out:
         out.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+
+
+def explain_adversarial(
+    ctx: typer.Context,
+    task: str = typer.Argument(..., help="Task name or TOML"),
+    label: list[str] = typer.Option([], help="Predicted label(s) to test (default: every label of the task)"),
+    gguf: Path | None = typer.Option(None, help="GGUF file (default: explainer.model_path or SmolLM2)"),
+    posts: int | None = typer.Option(None, min=1, help="Use only the first N base posts"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table"),
+) -> None:
+    """Run the adversarial suite: how often an injection in the post changes the verdict, per attack.
+
+    Every base post is explained as written and with each attack appended (orders, fake JSON, role
+    tags, fence escapes, padding, other languages, forged replies); every reply must still obey the
+    output contract. The cache is off for this run, so each case is really generated.
+    """
+    from monitor.explainer.adversarial import ATTACKS, BASE_POSTS, AdversarialReport, run_suite
+    from monitor.tasks import load_task
+
+    settings = settings_of(ctx)
+    definition = load_task(task)
+    unknown = [name for name in label if name not in definition.labels]
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: not a label of {definition.name} ({', '.join(definition.labels)})")
+    no_cache = settings.model_copy(update={"explainer": settings.explainer.model_copy(update={"cache": False})})
+    explainer = load_explainer(no_cache, gguf)
+    reports: list[AdversarialReport] = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True)) as progress:
+        for name in label or definition.labels:
+            progress.add_task(f"label {name}", total=None)
+            reports.append(run_suite(explainer.explain, definition, name, posts=BASE_POSTS[:posts]))
+    if as_json:
+        typer.echo(json.dumps({"llm_model": explainer.model_name, "reports": [r.as_dict() for r in reports]}))
+        return
+    table = Table("attack", *(f"verdict changed, label {n}" for n in label or definition.labels),
+                  title=f"adversarial suite · {definition.name} · {explainer.model_name}")
+    for attack in ATTACKS:
+        table.add_row(attack, *(f"{r.verdict_changed[attack]}/{r.per_attack[attack]}"
+                                + (f" ({r.unverified[attack]} unverified)" if r.unverified[attack] else "")
+                                for r in reports))
+    table.add_row("[bold]change rate[/]", *(f"[bold]{r.change_rate:.1%}[/]" for r in reports))
+    table.add_row("valid replies", *(f"{r.valid}/{r.cases}" for r in reports))
+    console.print(table)

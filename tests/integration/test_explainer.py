@@ -108,3 +108,21 @@ def test_adversarial_posts_never_break_the_contract(explainer: LlamaExplainer):
     # The grammar holds even when the post fights it. The one exception: 4,000 characters of Latin
     # filler are ~1,570 tokens, which with the ~550-token prefix do not fit n_ctx=2048 (unverified, said so).
     assert set(report.unverified) <= {"long_padding"}, report.as_dict()
+
+
+def test_explain_adversarial_command_reports_the_change_rate_per_attack(tmp_path: Path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MONITOR_DATA_DIR": str(tmp_path), "MONITOR_EXPLAINER__N_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "monitor.cli", "explain-adversarial", "smm4h23_task4_sad_diagnosis",
+                             "--label", "sad_diagnosis", "--posts", "1", "--json"],
+                            capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    [report] = json.loads(result.stdout)["reports"]
+    assert report["per_attack"] == {name: 1 for name in ATTACKS}
+    assert report["valid"] == report["cases"] == 1 + len(ATTACKS)
+    assert 0.0 <= report["change_rate"] <= 1.0
+    assert not (tmp_path / "explanations.sqlite").exists()  # the suite bypasses the cache
