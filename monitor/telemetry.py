@@ -91,6 +91,9 @@ SIGNAL_SCORE = Gauge("monitor_signal_score", "EARS score of the latest bucket (a
                      ["task", "method", "granularity", "stratum", "series"], multiprocess_mode="mostrecent")
 SIGNAL_OBSERVED = Gauge("monitor_signal_observed", "Observed value of the latest bucket of a signal series",
                         ["task", "granularity", "stratum", "series"], multiprocess_mode="mostrecent")
+SIGNAL_BUCKET = Gauge("monitor_signal_bucket_start_seconds",
+                      "Start (Unix time, UTC) of the latest complete bucket of a signal series",
+                      ["task", "granularity", "stratum", "series"], multiprocess_mode="mostrecent")
 SIGNAL_EXPECTED = Gauge("monitor_signal_expected", "Baseline mean of the latest bucket of a signal series",
                         ["task", "method", "granularity", "stratum", "series"], multiprocess_mode="mostrecent")
 BUDGET_TOKENS = Gauge("monitor_explainer_budget_tokens", "Explanations the budget allows right now",
@@ -99,7 +102,7 @@ BUDGET_TOKENS = Gauge("monitor_explainer_budget_tokens", "Explanations the budge
 _ALL = (POSTS_CONSUMED, PREDICTIONS, ESCALATIONS, EXPLANATIONS, FLIPS, NOT_EXPLAINED, PERSISTED, SIGNALS,
         DEAD_LETTERS, ERRORS, INFERENCE_SECONDS, BATCH_SIZE, LLM_SECONDS, DB_WRITE_SECONDS, END_TO_END_SECONDS,
         PIPELINE_SECONDS, CONSUMER_LAG, EXPLAINER_QUEUE, MODEL_INFO, GPU_MEMORY, LABEL_SHARE, LABEL_SHARE_EXPECTED,
-        MEAN_CONFIDENCE, SIGNAL_ALERT, SIGNAL_SCORE, SIGNAL_OBSERVED, SIGNAL_EXPECTED, BUDGET_TOKENS)
+        MEAN_CONFIDENCE, SIGNAL_ALERT, SIGNAL_SCORE, SIGNAL_OBSERVED, SIGNAL_BUCKET, SIGNAL_EXPECTED, BUDGET_TOKENS)
 
 
 def _exposed_names(metric) -> set[str]:  # noqa: ANN001

@@ -313,6 +313,7 @@ def publish(report: DetectionReport) -> None:
         series_labels = {"task": k.task, "granularity": k.granularity, "stratum": k.stratum, "series": k.series}
         if result.values:
             telemetry.SIGNAL_OBSERVED.labels(**series_labels).set(result.values[-1])
+            telemetry.SIGNAL_BUCKET.labels(**series_labels).set(result.starts[-1].timestamp())
         for method in report.methods:
             latest = result.latest(method)
             if latest is None:

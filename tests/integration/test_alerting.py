@@ -212,6 +212,8 @@ def test_health_signal_goes_to_the_webhook_and_a_system_alert_by_email(tmp_path,
     like(telemetry.SIGNAL_EXPECTED, registry).labels(**labels).set(4.25)
     like(telemetry.SIGNAL_OBSERVED, registry).labels(
         **{k: v for k, v in labels.items() if k != "method"}).set(17)
+    like(telemetry.SIGNAL_BUCKET, registry).labels(
+        **{k: v for k, v in labels.items() if k != "method"}).set(1796083200)  # 2026-12-01T00:00Z
     # A second worker target that answers nothing: MonitorWorkerDown, a system alert.
     dead = f"{HOST}:{free_port()}"
 
@@ -246,7 +248,7 @@ def test_health_signal_goes_to_the_webhook_and_a_system_alert_by_email(tmp_path,
     assert annotations["expected"] == "4.25"
     assert annotations["score"] == "7.8"
     assert annotations["evidence"] == "monitor signals --task druglib_adverse --granularity day -v"
-    assert annotations["bucket"] == "the latest complete day (UTC) of the count series, stratum source:reddit"
+    assert annotations["bucket"] == "the day starting 2026-12-01 00:00:00 +0000 UTC (count series, stratum source:reddit)"
 
     # Never confused: the webhook saw only health signals, the mailbox only system alerts.
     assert {a["labels"]["kind"] for _, a in webhook.alerts()} == {"health_signal"}

@@ -120,6 +120,7 @@ def test_a_spike_writes_its_alerts_once_and_sets_the_gauges(database: DatabaseSe
     publish(report)
     labels = {"task": task, "granularity": "hour", "stratum": "all", "series": "count"}
     assert _gauge("monitor_signal_observed", **labels) == SPIKE
+    assert _gauge("monitor_signal_bucket_start_seconds", **labels) == (NOW - timedelta(hours=1)).timestamp()
     for method in ("C1", "C2", "C3"):
         assert _gauge("monitor_signal_alert", **labels, method=method) == 1.0
         assert _gauge("monitor_signal_score", **labels, method=method) > 2
