@@ -55,6 +55,8 @@ def build_resources(settings: Settings, roles: tuple[str, ...]) -> Resources:
         explainer = LlamaExplainer.load(settings.explainer.model_path or default_gguf_path(), settings.explainer,
                                         cache=cache)
     models = load_task_models(list(settings.classifier.models), settings.classifier, explainer=explainer)
+    if explainer is not None:  # the prompt prefixes now, not on the first escalations
+        explainer.warm([m.task for m in models])
     factory = None
     if "persist" in roles:
         from monitor.storage import migrations

@@ -29,6 +29,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +313,22 @@ class LlamaExplainer:
             self.usage.calls += 1
             self._feed_prompt((prompt_version(task), predicted_label), n_prefix, tokens)
             return self._decode(grammar_text, max_tokens=min(MAX_TOKENS, room), retry=retry)
+
+    def warm(self, tasks: Sequence[TaskDefinition]) -> int:
+        """Evaluate and keep the prompt prefix of each (task, label) now, so that the first escalations of
+        a fresh worker do not pay for it (about 2 s each for a ~550-token prefix on 2 cores); at most
+        ``PREFIX_STATES`` prefixes are kept. Returns how many were built."""
+        built = 0
+        with self._lock:
+            for task in tasks:
+                for label in task.labels:
+                    key = (prompt_version(task), label)
+                    if key in self._states or len(self._states) >= PREFIX_STATES:
+                        continue
+                    n_prefix, tokens = self._prompt_tokens(task, ".", label)
+                    self._feed_prompt(key, n_prefix, tokens[: n_prefix + 1])
+                    built += 1
+        return built
 
     def explain(self, task: TaskDefinition, text: str, predicted_label: str) -> Explanation:
         """A verdict on ``predicted_label`` for ``text``; ``unverified`` (with the reason) rather than an error."""

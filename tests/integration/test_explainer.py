@@ -56,6 +56,18 @@ def test_the_shared_prefix_is_evaluated_once_and_restored_across_tasks():
     assert usage.prefix_restores == restores + 1
 
 
+def test_warm_builds_every_prefix_so_the_first_explanations_are_cheap():
+    fresh = LlamaExplainer.load(default_gguf_path(), ExplainerSettings(), cache=None)
+    assert fresh.warm([ADR, SAD]) == len(ADR.labels) + len(SAD.labels)
+    assert fresh.warm([ADR]) == 0  # already kept
+    usage = fresh.usage
+    for task, label in ((ADR, ADR.labels[1]), (SAD, SAD.labels[0]), (ADR, ADR.labels[0])):
+        before = usage.prompt_tokens
+        result = fresh.explain(task, BASE_POSTS[0], label)
+        assert usage.prompt_tokens - before < 60, (task.name, label)  # the post and the template's tail only
+        assert result.verdict in ("confirm", "reject")
+
+
 def test_checking_the_grammar_only_when_needed_gives_the_same_replies():
     fast = LlamaExplainer.load(default_gguf_path(), ExplainerSettings(), cache=None)
     full = LlamaExplainer.load(default_gguf_path(), ExplainerSettings(), cache=None)
