@@ -11,13 +11,14 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from monitor.classifier import Classifier
 from monitor.evaluation import confusion_matrix, task_metric
-from monitor.explainer.llm import LlamaExplainer
+from monitor.explainer.llm import Explainer
 from monitor.explainer.policy import Candidate, Policy, apply_verdict, select_for_explanation
 from monitor.records import Explanation
 from monitor.tasks import TaskDefinition
@@ -101,7 +102,7 @@ def decide_mode(before: float, after: float, verified_rejects: int, *, flips_rig
 
 def assess(
     classifier: Classifier,
-    explainer: LlamaExplainer,
+    explainer: Explainer,
     task: TaskDefinition,
     texts: Sequence[str],
     gold: Sequence[str],
@@ -117,14 +118,15 @@ def assess(
                                     signal_labels=task.signal_labels)
     hits_before = explainer.cache.hits if explainer.cache else 0
     results: dict[int, Explanation] = {}
-    spent = 0.0
-    for n, i in enumerate(chosen, 1):
-        started = time.perf_counter()
-        results[i] = explainer.explain(task, texts[i], predicted[i])
-        if not results[i].cached:
-            spent += time.perf_counter() - started
-        if on_explained:
-            on_explained(n, len(chosen))
+    # As many at once as the explainer has contexts (ExplainerPool), so explanations/s is what a worker gets.
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=getattr(explainer, "parallel", 1), thread_name_prefix="assess") as pool:
+        futures = {pool.submit(explainer.explain, task, texts[i], predicted[i]): i for i in chosen}
+        for n, future in enumerate(as_completed(futures), 1):
+            results[futures[future]] = future.result()
+            if on_explained:
+                on_explained(n, len(chosen))
+    spent = time.perf_counter() - started if any(not e.cached for e in results.values()) else 0.0
     final = list(predicted)
     flips_right = flips_wrong = 0
     for i, e in results.items():

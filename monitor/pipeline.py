@@ -22,7 +22,7 @@ from monitor.assessment import allowed_mode
 from monitor.classifier import Classifier
 from monitor.config import ClassifierSettings, ExplainerSettings
 from monitor.errors import ConfigError
-from monitor.explainer.llm import LlamaExplainer
+from monitor.explainer.llm import Explainer
 from monitor.explainer.policy import (
     Candidate,
     ExplanationBudget,
@@ -94,7 +94,7 @@ class BatchResult:
 
 
 def load_task_models(folders: Sequence[Path], settings: ClassifierSettings, *,
-                     explainer: LlamaExplainer | None) -> list[TaskModel]:
+                     explainer: Explainer | None) -> list[TaskModel]:
     """Each trained model with its task and the explainer mode its measurement allows."""
     if not folders:
         raise ConfigError("no trained model configured: set MONITOR_CLASSIFIER__MODELS (train one with `monitor train`)")
@@ -152,7 +152,7 @@ def decide_by_classifier(case: Case, task: TaskDefinition) -> Decision:
     return Decision(case=case, final_label=label, decided_by="classifier", is_signal=label in task.signal_labels)
 
 
-def explain_case(case: Case, model: TaskModel, explainer: LlamaExplainer, budget: ExplanationBudget | None,
+def explain_case(case: Case, model: TaskModel, explainer: Explainer, budget: ExplanationBudget | None,
                  *, max_wait_s: float | None = None, now: datetime | None = None) -> Decision:
     """Ask the explainer (within budget) and apply its verdict as the task's mode allows.
 
@@ -233,7 +233,7 @@ def write(factory: sessionmaker[Session], cases: Sequence[Case], decisions: Sequ
 def process_batch(
     posts: Sequence[Post],
     models: Sequence[TaskModel],
-    explainer: LlamaExplainer | None,
+    explainer: Explainer | None,
     factory: sessionmaker[Session] | None,
     *,
     policy: Policy,

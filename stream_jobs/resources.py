@@ -48,11 +48,11 @@ class Resources:
 def build_resources(settings: Settings, roles: tuple[str, ...]) -> Resources:
     explainer = None
     if "explain" in roles:
-        from monitor.explainer.llm import ExplanationCache, LlamaExplainer
+        from monitor.explainer.llm import ExplainerPool, ExplanationCache
         from monitor.models import default_gguf_path
 
         cache = ExplanationCache(settings.data_dir / "explanations.sqlite") if settings.explainer.cache else None
-        explainer = LlamaExplainer.load(settings.explainer.model_path or default_gguf_path(), settings.explainer,
+        explainer = ExplainerPool.load(settings.explainer.model_path or default_gguf_path(), settings.explainer,
                                         cache=cache)
     models = load_task_models(list(settings.classifier.models), settings.classifier, explainer=explainer)
     if explainer is not None:  # the prompt prefixes now, not on the first escalations

@@ -28,12 +28,12 @@ def _model_dir(settings: Settings, model: Path | None) -> Path:
 
 
 def load_explainer(settings: Settings, gguf: Path | None):
-    from monitor.explainer.llm import ExplanationCache, LlamaExplainer
+    from monitor.explainer.llm import ExplainerPool, ExplanationCache
     from monitor.models import default_gguf_path
 
     cache = ExplanationCache(settings.data_dir / "explanations.sqlite") if settings.explainer.cache else None
     path = gguf or settings.explainer.model_path or default_gguf_path()
-    return LlamaExplainer.load(path, settings.explainer, cache=cache)
+    return ExplainerPool.load(path, settings.explainer, cache=cache)
 
 
 def explain(

@@ -24,14 +24,16 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -125,6 +127,15 @@ class Usage:
     completion_tokens: int = 0
     grammar_passes: int = 0  # tokens where the model's own choice broke the grammar
     prefix_restores: int = 0
+
+
+class Explainer(Protocol):
+    """What the pipeline needs of an explainer: a name for the rows, and a verdict per post."""
+
+    model_name: str
+    cache: ExplanationCache | None
+
+    def explain(self, task: TaskDefinition, text: str, predicted_label: str) -> Explanation: ...
 
 
 class LlamaExplainer:
@@ -332,12 +343,19 @@ class LlamaExplainer:
 
     def explain(self, task: TaskDefinition, text: str, predicted_label: str) -> Explanation:
         """A verdict on ``predicted_label`` for ``text``; ``unverified`` (with the reason) rather than an error."""
-        version = prompt_version(task)
-        key = ExplanationCache.key(self.fingerprint, version, text, predicted_label)
+        key = ExplanationCache.key(self.fingerprint, prompt_version(task), text, predicted_label)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return hit
+        result, transient = self.generate(task, text, predicted_label)
+        if self.cache is not None and not transient:
+            self.cache.put(key, result)
+        return result
+
+    def generate(self, task: TaskDefinition, text: str, predicted_label: str) -> tuple[Explanation, bool]:
+        """The explanation, uncached, and whether its failure (if any) was transient (not to be cached)."""
         if predicted_label not in task.labels:
             raise ValueError(f"{predicted_label!r} is not a label of task {task.name}")
+        version = prompt_version(task)
         grammar = build_grammar(task, text, predicted_label) if self.settings.constrained else None
         started = time.perf_counter()
         reasons = []
@@ -353,16 +371,74 @@ class LlamaExplainer:
                 reasons.append(f"llama.cpp: {exc}")
                 transient = True
                 continue
-            result = Explanation(verdict=parsed.verdict, predicted_label=predicted_label,
-                                 suggested_label=parsed.label, evidence=parsed.evidence, rationale=parsed.reason,
-                                 llm_model=self.model_name, prompt_version=version,
-                                 latency_s=time.perf_counter() - started, attempts=attempt)
-            break
-        else:
-            result = Explanation(verdict="unverified", predicted_label=predicted_label, reason="; ".join(reasons)[:500],
-                                 llm_model=self.model_name, prompt_version=version,
-                                 latency_s=time.perf_counter() - started, attempts=2)
-            log.info("explanation unverified for task %s: %s", task.name, result.reason)
+            return Explanation(verdict=parsed.verdict, predicted_label=predicted_label,
+                               suggested_label=parsed.label, evidence=parsed.evidence, rationale=parsed.reason,
+                               llm_model=self.model_name, prompt_version=version,
+                               latency_s=time.perf_counter() - started, attempts=attempt), False
+        result = Explanation(verdict="unverified", predicted_label=predicted_label, reason="; ".join(reasons)[:500],
+                             llm_model=self.model_name, prompt_version=version,
+                             latency_s=time.perf_counter() - started, attempts=2)
+        log.info("explanation unverified for task %s: %s", task.name, result.reason)
+        return result, transient
+
+
+class ExplainerPool:
+    """``n_parallel`` llama.cpp contexts over one GGUF file, each explaining one post at a time.
+
+    On a CPU, two contexts with one thread each explain about 1.5x as many posts per second as one
+    context with two threads (measured on 2 cores with SmolLM2-135M: 4.28 vs 2.92 explanations/s, the
+    same verdicts): a small model's token steps are too short to keep two threads busy, two sequences
+    side by side are not. The weights are memory-mapped once by the OS; each context keeps its own KV
+    cache and prompt prefixes. One cache serves all contexts, and a cache hit never waits for a context.
+    """
+
+    def __init__(self, engines: Sequence[LlamaExplainer], *, cache: ExplanationCache | None):
+        if not engines:
+            raise ValueError("an explainer pool needs at least one context")
+        self.engines = list(engines)
+        self.cache = cache
+        first = self.engines[0]
+        self.model_path, self.fingerprint, self.model_name = first.model_path, first.fingerprint, first.model_name
+        self.settings = first.settings
+        self._free: queue.SimpleQueue[LlamaExplainer] = queue.SimpleQueue()
+        for engine in self.engines:
+            self._free.put(engine)
+
+    @classmethod
+    def load(cls, model_path: Path, settings: ExplainerSettings, *,
+             cache: ExplanationCache | None = None) -> ExplainerPool:
+        # Threads per context: the configured count, else the cores shared out (at least one each).
+        threads = settings.n_threads or max(1, (os.cpu_count() or 2) // settings.n_parallel)
+        per_context = settings.model_copy(update={"n_threads": threads})
+        return cls([LlamaExplainer.load(model_path, per_context, cache=None) for _ in range(settings.n_parallel)],
+                   cache=cache)
+
+    @property
+    def parallel(self) -> int:
+        return len(self.engines)
+
+    @property
+    def usage(self) -> Usage:
+        total = Usage()
+        for engine in self.engines:
+            for name in vars(total):
+                setattr(total, name, getattr(total, name) + getattr(engine.usage, name))
+        return total
+
+    def warm(self, tasks: Sequence[TaskDefinition]) -> int:
+        """Every context builds its prompt prefixes (in parallel); returns how many were built in all."""
+        with ThreadPoolExecutor(max_workers=len(self.engines), thread_name_prefix="llm-warm") as pool:
+            return sum(pool.map(lambda engine: engine.warm(tasks), self.engines))
+
+    def explain(self, task: TaskDefinition, text: str, predicted_label: str) -> Explanation:
+        key = ExplanationCache.key(self.fingerprint, prompt_version(task), text, predicted_label)
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            return hit
+        engine = self._free.get()  # blocks while every context is busy
+        try:
+            result, transient = engine.generate(task, text, predicted_label)
+        finally:
+            self._free.put(engine)
         if self.cache is not None and not transient:
             self.cache.put(key, result)
         return result

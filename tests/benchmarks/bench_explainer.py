@@ -1,6 +1,6 @@
 """Benchmark (not a test): the explainer's output contracts, explanations/s and share of valid replies.
 
-    .venv/bin/python tests/benchmarks/bench_explainer.py [--task druglib_adverse] [--posts 20] [--threads 1]
+    .venv/bin/python tests/benchmarks/bench_explainer.py [--task druglib_adverse] [--posts 20] [--threads 2] [--pool 2]
         [--reviews]   (real Druglib reviews from monitor/demo_data instead of the ten short posts)
 
 Every contract gets the same posts, the same predicted labels and the same task rules with the same
@@ -17,6 +17,8 @@ two worked examples; only the reply format (and how it is asked for) differs:
   compact            LlamaExplainer.explain as the pipeline runs it: the grammar is consulted only
                      when the model's own choice breaks it
   compact_free       the one-line contract in words only (constrained=False), same code path
+  compact xN ctx     (after the table) ``compact`` through ExplainerPool: N one-thread llama.cpp
+                     contexts fed N posts at a time, as the explain worker runs it (--pool N)
 A reply is valid when it parses and obeys its contract (label tied to verdict, evidence from the post).
 
 One process and one model file; each contract has its own llama.cpp context, so each keeps its own
@@ -233,7 +235,10 @@ def main() -> None:
     parser.add_argument("--posts", type=int, default=20)
     parser.add_argument("--gguf", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads, for generation and prompt alike")
-    parser.add_argument("--n-ctx", type=int, default=2048)
+    parser.add_argument("--n-ctx", type=int, default=4096)
+    parser.add_argument("--pool", type=int, default=2,
+                        help="also run the pipeline's explainer with this many one-thread contexts in parallel "
+                             "(1 = skip)")
     parser.add_argument("--reviews", action="store_true",
                         help="the first --posts reviews of the shipped Druglib sample (benefits | side effects | "
                              "comments, a few hundred characters each) instead of the ten short posts")
@@ -299,6 +304,29 @@ def main() -> None:
         print(f"{name:<19} {n / total:7.2f} {valid / n:6.0%} {generated / total:6.1f} "
               f"{statistics.median(times[name]):6.2f} {first[name]:8.2f} {evaluated / n:10.1f} "
               f"{generated / n:8.1f} {n / total / base:7.2f}x")
+
+    if args.pool > 1:
+        # The pipeline's explainer with --pool contexts of one thread each, fed --pool posts at a time
+        # (as the explain agent's concurrency does); the other contracts above ran one post at a time
+        # with --threads threads, so this row is the same work on the same cores, in parallel.
+        from concurrent.futures import ThreadPoolExecutor
+
+        from monitor.explainer.llm import ExplainerPool
+
+        pool = ExplainerPool.load(gguf, ExplainerSettings(n_ctx=args.n_ctx, n_threads=1, n_parallel=args.pool),
+                                  cache=None)
+        pool.warm([task])
+        before = pool.usage
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=args.pool) as workers:
+            results = list(workers.map(lambda case: pool.explain(task, *case), cases))
+        total = time.perf_counter() - start
+        valid = sum(r.verdict != "unverified" and is_valid(r, task, post) for r, (post, _) in zip(results, cases))
+        generated = pool.usage.completion_tokens - before.completion_tokens
+        print(f"{f'compact x{args.pool} ctx':<19} {n / total:7.2f} {valid / n:6.0%} {generated / total:6.1f} "
+              f"{statistics.median(r.latency_s for r in results):6.2f} {'-':>8} "
+              f"{(pool.usage.prompt_tokens - before.prompt_tokens) / n:10.1f} {generated / n:8.1f} "
+              f"{n / total / base:7.2f}x")
 
 
 def _json_grammar(task: TaskDefinition) -> str:

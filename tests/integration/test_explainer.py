@@ -68,6 +68,27 @@ def test_warm_builds_every_prefix_so_the_first_explanations_are_cheap():
         assert result.verdict in ("confirm", "reject")
 
 
+def test_a_pool_of_contexts_gives_the_single_context_verdicts_in_parallel(explainer: LlamaExplainer):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from monitor.explainer.llm import ExplainerPool
+
+    cache = ExplanationCache(":memory:")  # its own: the single context's answers must not be served
+    pool = ExplainerPool.load(default_gguf_path(), ExplainerSettings(n_parallel=2, n_threads=1), cache=cache)
+    assert pool.parallel == 2 and pool.model_name == explainer.model_name
+    assert pool.warm([ADR]) == 2 * len(ADR.labels)  # each context keeps its own prefixes
+    cases = [(BASE_POSTS[i % len(BASE_POSTS)], ADR.labels[i % 2]) for i in range(6)]
+    with ThreadPoolExecutor(max_workers=2) as workers:
+        results = list(workers.map(lambda case: pool.explain(ADR, *case), cases))
+    alone = [explainer.explain(ADR, post, label) for post, label in cases]
+    assert [(r.verdict, r.suggested_label, r.evidence) for r in results] == [
+        (r.verdict, r.suggested_label, r.evidence) for r in alone]
+    assert sum(engine.usage.calls for engine in pool.engines) >= len(cases)
+    assert all(engine.usage.calls > 0 for engine in pool.engines)  # both contexts worked
+    calls = pool.usage.calls
+    assert pool.explain(ADR, *cases[0]).cached and pool.usage.calls == calls  # a hit takes no context
+
+
 def test_checking_the_grammar_only_when_needed_gives_the_same_replies():
     fast = LlamaExplainer.load(default_gguf_path(), ExplainerSettings(), cache=None)
     full = LlamaExplainer.load(default_gguf_path(), ExplainerSettings(), cache=None)
