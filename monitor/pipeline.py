@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,13 +245,16 @@ def process_batch(
     """All stages in one process: the file mode and replays use this; the agents use its parts."""
     by_task = {m.task.name: m for m in models}
     cases = classify_batch(posts, models, policy)
-    decisions = []
-    for case in cases:
-        model = by_task[case.prediction.task]
-        if case.escalation is not None and explainer is not None:
-            decisions.append(explain_case(case, model, explainer, budget))
-        else:
-            decisions.append(decide_by_classifier(case, model.task))
+    escalated = [i for i, case in enumerate(cases) if case.escalation is not None and explainer is not None]
+    explained: dict[int, Decision] = {}
+    if escalated:
+        # As many at once as the explainer has llama.cpp contexts (ExplainerPool); order is kept.
+        with ThreadPoolExecutor(max_workers=getattr(explainer, "parallel", 1), thread_name_prefix="explain") as pool:
+            done = pool.map(lambda i: explain_case(cases[i], by_task[cases[i].prediction.task], explainer, budget),
+                            escalated)
+            explained = dict(zip(escalated, done, strict=True))
+    decisions = [explained[i] if i in explained else decide_by_classifier(case, by_task[case.prediction.task].task)
+                 for i, case in enumerate(cases)]
     result = BatchResult(posts=len(posts), predictions=len(cases), decisions=decisions)
     for d in decisions:
         result.escalated += d.case.escalation is not None

@@ -8,6 +8,7 @@ share escalated), and the verdict only changes labels in ``correct`` mode, which
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -88,16 +89,19 @@ class ExplanationBudget:
         self._clock = clock or time.monotonic
         self._tokens = self.capacity
         self._last = self._clock()
+        self._lock = threading.Lock()  # several explain threads share one budget
 
     def try_take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return True
+            return False
 
     def available(self) -> float:
         """Explanations the bucket would allow right now (refilled to the clock, nothing taken)."""
-        return min(self.capacity, self._tokens + (self._clock() - self._last) * self.rate)
+        with self._lock:
+            return min(self.capacity, self._tokens + (self._clock() - self._last) * self.rate)

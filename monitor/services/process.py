@@ -44,13 +44,20 @@ def is_alive(pid: int, marker: str | None = None) -> bool:
     except ChildProcessError:
         pass
     proc = Path(f"/proc/{pid}")
-    try:
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    if state in {"Z", "X"}:
-        return False
+    # Right after a spawn (Python forks with vfork) the parent can run before the kernel has set the
+    # child's new arguments: its cmdline reads empty for a moment. Read again rather than call a
+    # starting process dead.
+    for _ in range(50):
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return False
+        if state in {"Z", "X"}:
+            return False
+        if cmdline or marker is None:
+            break
+        time.sleep(0.01)
     return marker is None or marker in cmdline
 
 

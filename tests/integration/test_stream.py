@@ -113,13 +113,20 @@ def test_5000_posts_and_1000_malformed_through_every_role_counted_by_prometheus(
     producer.close()
 
     port = prometheus.free_port()
+    prom_port = next(p for p in iter(prometheus.free_port, None) if p != port)
     # A budget well below what the stream escalates: the over-budget path runs too, and every
     # escalation still gets exactly one explanation row.
     env = {**env, "MONITOR_METRICS__PORT": str(port), "MONITOR_EXPLAINER__BUDGET_PER_S": "2",
            "MONITOR_METRICS__LAG_INTERVAL_S": "1"}
-    workers = _start_workers(env, tmp_path / "workers.log")
+    # Prometheus first: if it cannot start, no worker is left running behind the failed test.
     server = prometheus.start_prometheus(
-        prometheus.prometheus_config({"monitor": [f"127.0.0.1:{port}"]}, interval_s=1), [], tmp_path / "prom")
+        prometheus.prometheus_config({"monitor": [f"127.0.0.1:{port}"]}, interval_s=1), [], tmp_path / "prom",
+        port=prom_port)
+    try:
+        workers = _start_workers(env, tmp_path / "workers.log")
+    except BaseException:
+        server.stop()
+        raise
     factory = make_sessionmaker(create_db_engine(postgres_db))
     try:
         deadline = time.monotonic() + 420
@@ -163,8 +170,8 @@ def test_5000_posts_and_1000_malformed_through_every_role_counted_by_prometheus(
         shares = prometheus.query(url, "sum(monitor_label_share_ratio)")
         assert shares == pytest.approx(1.0)
     finally:
-        server.stop()
         _stop_workers(workers)
+        server.stop()
         factory.kw["bind"].dispose()
 
     consumer = KafkaConsumer(topics.dead_letter, bootstrap_servers=kafka.bootstrap_servers,

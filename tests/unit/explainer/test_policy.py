@@ -76,3 +76,15 @@ def test_budget_refills_at_its_rate_and_caps_bursts():
     assert sum(budget.try_take() for _ in range(10)) == 3
     with pytest.raises(ValueError):
         ExplanationBudget(0)
+
+
+def test_budget_shared_by_threads_never_gives_more_than_it_holds():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from monitor.explainer.policy import ExplanationBudget
+
+    budget = ExplanationBudget(1.0, burst=50, clock=lambda: 0.0)  # a frozen clock: no refill
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        taken = sum(pool.map(lambda _: sum(budget.try_take() for _ in range(100)), range(8)))
+    assert taken == 50
+    assert budget.available() == 0.0
