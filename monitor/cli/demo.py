@@ -124,6 +124,9 @@ def demo(
     with open(log_path, "wb") as log:
         workers = subprocess.Popen([sys.executable, "-m", "monitor.cli", "worker", "--role", "all"], env=env,  # noqa: S603
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    if settings.metrics.port:
+        console.print(f"metrics while the workers run: http://{settings.metrics.host}:{settings.metrics.port}/metrics "
+                      "(Prometheus config and alert rules: deploy/prometheus/)")
     factory = make_sessionmaker(create_db_engine(database))
     started = time.perf_counter()
     try:
@@ -169,4 +172,4 @@ def demo(
     factory.kw["bind"].dispose()
     where = make_url(database.url).render_as_string(hide_password=True)
     console.print(f"rows: {where} (posts with source {source}); worker log: {log_path}; "
-                  "stop the broker with `monitor services down`")
+                  "spike alerts: `monitor signals`; stop the broker with `monitor services down`")
