@@ -6,9 +6,12 @@ session started them. Each test gets fresh topic names; the session gets a throw
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -99,3 +102,57 @@ def tiny_model(tmp_path_factory) -> Path:
     print(f"tiny model trained in {time.monotonic() - started:.0f}s")
     assert card.metrics["test"]["n"] > 900
     return out
+
+
+ECHO = Path(__file__).with_name("faust_echo.py")
+
+
+class EchoWorker:
+    """tests/integration/faust_echo.py as a worker process: what it echoed, read back from its topic."""
+
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.log_path = log_path
+        with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen([sys.executable, str(ECHO), "worker", "-l", "warn"], env=env,
+                                            stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent)
+
+    def received(self, topic: str, count: int, *, bootstrap: str, timeout_s: float = 120,
+                 **options: object) -> dict[bytes, bytes]:
+        """Records of ``topic`` by key, until ``count`` keys arrived (or the time is up, or it died)."""
+        from kafka import KafkaConsumer
+
+        consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                                 **options)
+        received: dict[bytes, bytes] = {}
+        deadline = time.monotonic() + timeout_s
+        try:
+            while len(received) < count and time.monotonic() < deadline and self.process.poll() is None:
+                for records in consumer.poll(timeout_ms=500).values():
+                    received.update((r.key, r.value) for r in records)
+        finally:
+            consumer.close()
+        assert self.process.poll() is None, self.log_path.read_text()[-2000:]
+        return received
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def echo_worker(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], EchoWorker]]:
+    """Start echo workers with a given environment; each is stopped at teardown."""
+    started: list[EchoWorker] = []
+
+    def start(env: dict[str, str]) -> EchoWorker:
+        started.append(EchoWorker(env, tmp_path / "worker.log"))
+        return started[-1]
+
+    yield start
+    for worker in started:
+        worker.stop()

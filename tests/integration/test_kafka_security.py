@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,7 +30,6 @@ from monitor.topology import TopicSpec
 
 pytestmark = pytest.mark.slow
 
-ECHO = Path(__file__).with_name("faust_echo.py")
 USER, PASSWORD = "monitor", "scram-" + uuid.uuid4().hex[:12]
 
 
@@ -130,7 +128,7 @@ def test_cli_clients_create_topics_produce_and_read_over_sasl_ssl(secure_kafka: 
     assert seen == {f"v{i}".encode() for i in range(10)}
 
 
-def test_faust_worker_round_trip_over_sasl_ssl(secure_kafka: KafkaSettings, tmp_path: Path):
+def test_faust_worker_round_trip_over_sasl_ssl(secure_kafka: KafkaSettings, tmp_path: Path, echo_worker):
     tag = uuid.uuid4().hex[:8]
     topic_in, topic_out = f"secure.{tag}.in", f"secure.{tag}.out"
     broker.ensure_topics(secure_kafka, [TopicSpec(topic_in, 2, 1), TopicSpec(topic_out, 2, 1)])
@@ -145,27 +143,9 @@ def test_faust_worker_round_trip_over_sasl_ssl(secure_kafka: KafkaSettings, tmp_
            "MONITOR_KAFKA__SECURITY_PROTOCOL": "SASL_SSL", "MONITOR_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512",
            "MONITOR_KAFKA__SASL_USERNAME": USER, "MONITOR_KAFKA__SASL_PASSWORD": PASSWORD,
            "MONITOR_KAFKA__SSL_CAFILE": str(secure_kafka.ssl_cafile)}
-    with open(tmp_path / "worker.log", "wb") as log:
-        worker = subprocess.Popen([sys.executable, str(ECHO), "worker", "-l", "warn"], env=env, stdout=log,
-                                  stderr=subprocess.STDOUT, cwd=tmp_path)
-        try:
-            consumer = KafkaConsumer(topic_out, bootstrap_servers=secure_kafka.bootstrap_servers, group_id=None,
-                                     auto_offset_reset="earliest", **options)
-            received: dict[bytes, bytes] = {}
-            deadline = time.monotonic() + 120
-            while len(received) < 20 and time.monotonic() < deadline and worker.poll() is None:
-                for records in consumer.poll(timeout_ms=500).values():
-                    received.update((r.key, r.value) for r in records)
-            consumer.close()
-            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-2000:]
-            assert received == {f"k{i}".encode(): f"echo:v{i}".encode() for i in range(20)}
-        finally:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+    worker = echo_worker(env)
+    received = worker.received(topic_out, 20, bootstrap=secure_kafka.bootstrap_servers, **options)
+    assert received == {f"k{i}".encode(): f"echo:v{i}".encode() for i in range(20)}
 
 
 def test_a_wrong_password_is_refused(secure_kafka: KafkaSettings):
