@@ -27,6 +27,7 @@ from prometheus_client import (
 from prometheus_client import multiprocess
 
 from monitor.config import MetricsSettings
+from monitor.errors import ServiceError
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -123,7 +124,8 @@ def serve(settings: MetricsSettings, *, multiprocess_dir: Path | None = None) ->
     """Serve /metrics on ``settings.host:settings.port`` (port 0 = off); returns the port served.
 
     With ``multiprocess_dir`` the endpoint aggregates every process writing there (the parent of
-    ``monitor worker``); without, it serves this process's default registry.
+    ``monitor worker``); without, it serves this process's default registry. A port that cannot be
+    bound is a ``ServiceError``.
     """
     if settings.port == 0:
         return None
@@ -132,7 +134,10 @@ def serve(settings: MetricsSettings, *, multiprocess_dir: Path | None = None) ->
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(multiprocess_dir))
     kwargs = {"registry": registry} if registry is not None else {}
-    start_http_server(settings.port, addr=settings.host, **kwargs)
+    try:
+        start_http_server(settings.port, addr=settings.host, **kwargs)
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        raise ServiceError(f"cannot serve metrics on {settings.host}:{settings.port}: {exc}") from exc
     return settings.port
 
 

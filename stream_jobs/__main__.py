@@ -19,11 +19,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from faust import Worker
 
+    from monitor import telemetry
     from monitor.cli import describe_validation_error
     from monitor.config import Settings
     from stream_jobs.app import build_worker
-
-    from monitor import telemetry
 
     try:
         settings = Settings()
@@ -33,11 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"error: {describe_validation_error(exc)}", file=sys.stderr)
         return 1
-    except MonitorError as exc:
+    except MonitorError as exc:  # a bad model folder, a database behind its migrations, a metrics port taken
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # the metrics port is taken
-        print(f"error: cannot serve metrics on {settings.metrics.host}:{settings.metrics.port}: {exc}", file=sys.stderr)
         return 1
     Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
     return 0

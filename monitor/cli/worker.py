@@ -48,11 +48,7 @@ def worker(
         folder = telemetry.prepare_multiprocess_dir(settings.data_dir / "metrics" / str(os.getpid()))
         # The children write their samples to files there and serve nothing; this process serves them.
         env.update({telemetry.MULTIPROC_ENV: str(folder), "MONITOR_METRICS__PORT": "0"})
-        try:
-            telemetry.serve(settings.metrics, multiprocess_dir=folder)
-        except OSError as exc:
-            console.print(f"[red]cannot serve metrics on {settings.metrics.host}:{settings.metrics.port}: {exc}[/]")
-            raise typer.Exit(1) from exc
+        telemetry.serve(settings.metrics, multiprocess_dir=folder)  # ServiceError: one red line from main()
         console.print(f"metrics: http://{settings.metrics.host}:{settings.metrics.port}/metrics")
     children = {
         r: subprocess.Popen([sys.executable, "-m", "stream_jobs", "--role", r, "--loglevel", loglevel],  # noqa: S603
