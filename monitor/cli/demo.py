@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from rich.table import Table
 from monitor.cli.context import settings_of
 from monitor.config import Settings
 from monitor.errors import MonitorError
+from monitor.services import process
 
 console = Console()
 SAMPLE = Path(__file__).resolve().parents[1] / "demo_data" / "druglib_sample.tsv"
@@ -154,12 +154,7 @@ def demo(
                     raise MonitorError(f"timed out after {timeout:.0f}s with {counts} (log: {log_path})")
                 time.sleep(1)
     finally:
-        if workers.poll() is None:
-            os.killpg(workers.pid, signal.SIGTERM)
-            try:
-                workers.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(workers.pid, signal.SIGKILL)
+        process.stop_group(workers, timeout_s=60)
     seconds = time.perf_counter() - started
     table = Table("measure", "value", title=f"monitor demo: {len(sample)} posts, task {TASK}")
     table.add_row("end to end", f"{seconds:.1f} s ({len(sample) / seconds:.1f} posts/s, produce to rows)")

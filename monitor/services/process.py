@@ -73,6 +73,19 @@ def spawn(cmd: Sequence[str], log_path: Path, pid_file: Path, *, env: dict[str, 
     return proc.pid
 
 
+def stop_group(proc: subprocess.Popen, *, timeout_s: float = 60.0) -> None:
+    """SIGTERM to the process group ``proc`` leads (started with ``start_new_session``), SIGKILL to the
+    group after ``timeout_s``: a ``monitor worker`` and every role process it started stop together."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def terminate(pid: int, marker: str, *, timeout_s: float = 30.0) -> None:
     """SIGTERM, wait for a clean exit, SIGKILL after ``timeout_s``."""
     if not is_alive(pid, marker):

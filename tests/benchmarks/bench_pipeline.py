@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,14 +41,10 @@ def _workers(env: dict, log: Path) -> list[subprocess.Popen]:
 
 
 def _stop(workers: list[subprocess.Popen]) -> None:
+    from monitor.services import process
+
     for w in workers:
-        if w.poll() is None:
-            os.killpg(w.pid, signal.SIGTERM)
-    for w in workers:
-        try:
-            w.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(w.pid, signal.SIGKILL)
+        process.stop_group(w, timeout_s=60)
 
 
 def main() -> None:  # noqa: PLR0915 - a benchmark script reads best top to bottom

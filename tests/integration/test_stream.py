@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from monitor import broker
 from monitor.config import DatabaseSettings, KafkaSettings, TopicSettings
 from monitor.records import DeadLetter, Post, encode_post
-from monitor.services import prometheus
+from monitor.services import process, prometheus
 from monitor.storage import migrations
 from monitor.storage.session import create_db_engine, make_sessionmaker, transaction
 from monitor.storage.tables import Explanation, Prediction, Signal
@@ -79,12 +79,7 @@ def _start_workers(env: dict, log_path: Path) -> subprocess.Popen:
 
 
 def _stop_workers(workers: subprocess.Popen) -> None:
-    if workers.poll() is None:
-        os.killpg(workers.pid, signal.SIGTERM)
-        try:
-            workers.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(workers.pid, signal.SIGKILL)
+    process.stop_group(workers, timeout_s=90)
 
 
 def _query_until(url: str, promql: str, expected: float, timeout_s: float = 30.0) -> float | None:

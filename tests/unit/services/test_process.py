@@ -67,3 +67,38 @@ def test_wait_until_gives_up_at_once_on_service_error():
 def test_run_reports_the_failing_command_output():
     with pytest.raises(ServiceError, match="boom"):
         process.run([sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"], what="demo")
+
+
+def test_stop_group_stops_the_leader_and_its_children_and_kills_what_ignores_sigterm():
+    import os
+    import subprocess
+
+    leader = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 60 & sleep 60; wait"], start_new_session=True)
+    group = leader.pid
+    time.sleep(0.3)
+    process.stop_group(leader, timeout_s=1)
+    assert leader.poll() is not None
+
+    def group_gone() -> bool:  # the orphaned child may linger as a zombie until init reaps it
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        return all(process.is_alive(int(pid)) is False for pid in _group_pids(group))
+
+    process.wait_until(group_gone, 10, "the process group to be gone", interval_s=0.1)
+    process.stop_group(leader)  # already stopped: harmless
+
+
+def _group_pids(group: int) -> list[str]:
+    from pathlib import Path
+
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:  # field 5 of /proc/PID/stat: the process group id
+            pids.append(stat.parent.name)
+    return pids
