@@ -7,7 +7,6 @@ Commits and offsets are Kafka's (at-least-once); exact results come from idempot
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import faust
@@ -64,12 +63,10 @@ def build_worker(settings: Settings, role: str) -> faust.App:
 
     @app.timer(interval=settings.metrics.lag_interval_s)
     async def measure_lag() -> None:
-        loop = asyncio.get_running_loop()
         try:
-            lag = await loop.run_in_executor(resources.executor, group_lag, settings.kafka, group, watched)
-        except Exception as exc:  # noqa: BLE001 - a measurement never stops the worker; the lag keeps its last value
-            telemetry.ERRORS.labels("lag", type(exc).__name__).inc()
-            return
+            lag = await resources.run("lag", group_lag, settings.kafka, group, watched)
+        except Exception:  # noqa: BLE001 - counted by run(); a measurement never stops the worker
+            return  # the gauges keep their last values
         for (topic, partition), records in lag.items():
             telemetry.CONSUMER_LAG.labels(group, topic, str(partition)).set(records)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+import asyncio
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from monitor import telemetry
 from monitor.config import Settings
@@ -16,6 +18,7 @@ from monitor.pipeline import TaskModel, load_task_models, policy_from_settings
 from monitor.privacy import load_author_key
 
 ROLES = ("classify", "explain", "persist")
+T = TypeVar("T")
 
 
 @dataclass
@@ -30,6 +33,14 @@ class Resources:
     # Blocking work (torch, llama.cpp, the database) runs here, never on the event loop.
     executor: ThreadPoolExecutor
     windows: dict[str, LabelWindow] = field(default_factory=dict)
+
+    async def run(self, stage: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` in the thread pool, off the event loop; an error is counted (by stage) and raised."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args, **kwargs))
+        except Exception as exc:
+            telemetry.ERRORS.labels(stage, type(exc).__name__).inc()
+            raise
 
     def observe_labels(self, cases: Sequence[Any]) -> None:
         """Feed the label-mix windows (drift gauges) with a batch of classified cases."""

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
-from functools import partial
 
 from monitor import telemetry
 from monitor.pipeline import classify_batch
@@ -16,7 +14,6 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
 
     @app.agent(topics["posts"], name="classify")
     async def classify(stream):  # noqa: ANN001
-        loop = asyncio.get_running_loop()
         async for events in stream.take_events(batch_size, within=within):
             telemetry.POSTS_CONSUMED.inc(len(events))
             posts, arrived = [], []
@@ -34,13 +31,9 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
                     telemetry.DEAD_LETTERS.labels("decode", exc.reason).inc()
             if not posts:
                 continue
-            try:
-                cases = await loop.run_in_executor(
-                    resources.executor, partial(classify_batch, posts, list(resources.models.values()),
-                                                resources.policy, received_at=arrived))
-            except Exception as exc:
-                telemetry.ERRORS.labels("classify", type(exc).__name__).inc()
-                raise  # the worker stops; a restart resumes from the last committed offset
+            # An error stops the worker; a restart resumes from the last committed offset.
+            cases = await resources.run("classify", classify_batch, posts, list(resources.models.values()),
+                                        resources.policy, received_at=arrived)
             resources.observe_labels(cases)
             for case in cases:
                 key, value = case.post.id.encode(), case.model_dump_json().encode()

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
-from monitor import telemetry
 from monitor.pipeline import Case, Decision, decide_by_classifier, write
 from monitor.signals.detect import publish, run_detection
 from monitor.storage.session import transaction
-
-
-def _write(resources, cases, decisions) -> dict[str, int]:  # noqa: ANN001
-    return write(resources.factory, cases, decisions, author_key=resources.author_key)
 
 
 def _detect(resources):  # noqa: ANN001, ANN202
@@ -24,11 +18,8 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
     batch_size, within = resources.settings.stream.persist_batch, resources.settings.stream.batch_seconds
 
     async def store(cases, decisions) -> None:  # noqa: ANN001
-        try:
-            await asyncio.get_running_loop().run_in_executor(resources.executor, _write, resources, cases, decisions)
-        except Exception as exc:
-            telemetry.ERRORS.labels("persist", type(exc).__name__).inc()
-            raise  # the worker stops; a restart resumes from the last committed offset
+        # An error stops the worker; a restart resumes from the last committed offset.
+        await resources.run("persist", write, resources.factory, cases, decisions, author_key=resources.author_key)
         for d in decisions:
             if d.is_signal:
                 await topics["signals"].send(key=d.case.post.id.encode(), value=d.model_dump_json().encode())
@@ -55,9 +46,8 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
     @app.timer(interval=resources.settings.signals.detect_every_s)
     async def detect_spikes() -> None:
         try:
-            report = await asyncio.get_running_loop().run_in_executor(resources.executor, _detect, resources)
-        except Exception as exc:  # detection must never stop persisting
-            telemetry.ERRORS.labels("detect", type(exc).__name__).inc()
+            report = await resources.run("detect", _detect, resources)
+        except Exception:  # noqa: BLE001 - counted by run(); detection must never stop persisting
             app.log.exception("spike detection failed")
             return
         publish(report)
