@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -71,6 +72,13 @@ def spawn(cmd: Sequence[str], log_path: Path, pid_file: Path, *, env: dict[str, 
         )
     pid_file.write_text(f"{proc.pid}\n")
     return proc.pid
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the caller binds it soon after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def stop_group(proc: subprocess.Popen, *, timeout_s: float = 60.0) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -67,13 +66,6 @@ def find_binary(candidates: Sequence[str]) -> str:
         if found:
             return found
     raise ServiceError(f"none of {', '.join(candidates)} found: {_INSTALL_HINT}")
-
-
-def free_port(host: str = HOST) -> int:
-    """A TCP port nothing listens on right now (the caller binds it soon after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def prometheus_config(
@@ -164,7 +156,7 @@ def _start(
     # A port picked here can be taken before the service binds it; only then is a retry worth it.
     attempts = 1 if port is not None else 3
     for attempt in range(attempts):
-        chosen = port if port is not None else free_port()
+        chosen = port if port is not None else process.free_port()
         log = workdir / f"{name}.log"
         log.write_text("")
         pid = process.spawn(command(config, data, f"{HOST}:{chosen}"), log, workdir / f"{name}.pid")

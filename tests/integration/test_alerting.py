@@ -28,7 +28,6 @@ from monitor.errors import ServiceError
 from monitor.services import process
 from monitor.services.prometheus import (
     HOST,
-    free_port,
     prometheus_config,
     query,
     query_vector,
@@ -215,7 +214,7 @@ def test_health_signal_goes_to_the_webhook_and_a_system_alert_by_email(tmp_path,
     like(telemetry.SIGNAL_BUCKET, registry).labels(
         **{k: v for k, v in labels.items() if k != "method"}).set(1796083200)  # 2026-12-01T00:00Z
     # A second worker target that answers nothing: MonitorWorkerDown, a system alert.
-    dead = f"{HOST}:{free_port()}"
+    dead = f"{HOST}:{process.free_port()}"
 
     with start_alertmanager(alertmanager_copy(webhook, mailbox), tmp_path / "am") as am:
         rules = [

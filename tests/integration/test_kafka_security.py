@@ -11,7 +11,6 @@ import base64
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -26,17 +25,12 @@ from monitor.config import KafkaSettings, Settings
 from monitor.errors import BrokerError
 from monitor.kafka_security import client_options
 from monitor.services import local
+from monitor.services.process import free_port
 from monitor.topology import TopicSpec
 
 pytestmark = pytest.mark.slow
 
 USER, PASSWORD = "monitor", "scram-" + uuid.uuid4().hex[:12]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
@@ -56,7 +50,7 @@ def secure_kafka(tmp_path_factory, settings: Settings) -> Iterator[KafkaSettings
     pkcs8 = subprocess.run(["openssl", "pkcs8", "-topk8", "-nocrypt", "-in", str(key)], check=True,
                            capture_output=True, text=True).stdout
     (folder / "keystore.pem").write_text(pkcs8 + cert.read_text())  # Kafka's PEM keystore: key, then chain
-    port, controller, internal = _free_port(), _free_port(), _free_port()
+    port, controller, internal = free_port(), free_port(), free_port()
     properties = folder / "server.properties"
     properties.write_text("\n".join([
         "process.roles=broker,controller", "node.id=1", f"controller.quorum.voters=1@127.0.0.1:{controller}",

@@ -107,8 +107,8 @@ def test_5000_posts_and_1000_malformed_through_every_role_counted_by_prometheus(
     producer.flush()
     producer.close()
 
-    port = prometheus.free_port()
-    prom_port = next(p for p in iter(prometheus.free_port, None) if p != port)
+    port = process.free_port()
+    prom_port = next(p for p in iter(process.free_port, None) if p != port)
     # A budget well below what the stream escalates: the over-budget path runs too, and every
     # escalation still gets exactly one explanation row.
     env = {**env, "MONITOR_METRICS__PORT": str(port), "MONITOR_EXPLAINER__BUDGET_PER_S": "2",
