@@ -158,8 +158,9 @@ def records_between(settings: KafkaSettings, topic: str, start_ms: int, end_ms: 
         consumer.close()
 
 
-def group_lag(settings: KafkaSettings, group: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
-    """Records not yet committed by ``group``, per (topic, partition) of ``topics``.
+def group_positions(settings: KafkaSettings, group: str,
+                    topics: Sequence[str]) -> dict[tuple[str, int], tuple[int, int]]:
+    """(committed offset, end offset) of ``group`` per (topic, partition) of ``topics``.
 
     A partition the group has never committed counts from its earliest retained offset.
     """
@@ -175,5 +176,10 @@ def group_lag(settings: KafkaSettings, group: str, topics: Sequence[str]) -> dic
         raise BrokerError(f"cannot read the offsets of {', '.join(topics)}: {exc}") from exc
     finally:
         consumer.close()
-    return {(tp.topic, tp.partition): max(0, ends[tp] - committed.get((tp.topic, tp.partition), starts[tp]))
+    return {(tp.topic, tp.partition): (committed.get((tp.topic, tp.partition), starts[tp]), ends[tp])
             for tp in partitions}
+
+
+def group_lag(settings: KafkaSettings, group: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+    """Records not yet committed by ``group``, per (topic, partition) of ``topics``."""
+    return {tp: max(0, end - done) for tp, (done, end) in group_positions(settings, group, topics).items()}

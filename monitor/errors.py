@@ -6,7 +6,16 @@ clear line and the log keeps the traceback.
 
 
 class MonitorError(Exception):
-    """Anything the monitor reports to a user as a one-line error."""
+    """Anything the monitor reports to a user as a one-line error.
+
+    ``transient`` says the failure is the service's, not the data's (unreachable, restarting, a
+    serialisation conflict): the same request may succeed if it is tried again later. The stream
+    waits such failures out instead of dead-lettering the records (``monitor.faults``).
+    """
+
+    def __init__(self, *args: object, transient: bool = False) -> None:
+        super().__init__(*args)
+        self.transient = transient
 
 
 class ConfigError(MonitorError):

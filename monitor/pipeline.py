@@ -9,7 +9,7 @@ gives exactly one row per (post, task, model version, run).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from dataclasses import dataclass, field
@@ -31,7 +31,6 @@ from monitor.explainer.policy import (
     Policy,
     apply_verdict,
     escalation_reason,
-    select_for_explanation,
 )
 from monitor.explainer.prompts import prompt_version
 from monitor.records import Explanation, Post, Prediction
@@ -129,11 +128,12 @@ def classify_batch(posts: Sequence[Post], models: Sequence[TaskModel], policy: P
         best = probs.argmax(axis=1)
         candidates = [Candidate(labels[i], float(probs[row, i])) for row, i in enumerate(best)]
         threshold = policy.threshold if policy.threshold is not None else model.classifier.card.escalation_threshold
-        chosen = set(select_for_explanation(candidates, policy, threshold=threshold,
-                                            signal_labels=model.task.signal_labels))
         for row, post in enumerate(posts):
-            reason = (escalation_reason(candidates[row], policy, threshold=threshold,
-                                        signal_labels=model.task.signal_labels) if row in chosen else None)
+            # The post's own prediction decides, never its batch mates: a redelivered post gets the
+            # same decision whatever batch it lands in (the share of escalations is bounded by the
+            # threshold, chosen on validation, and the rate of explanations by the budget).
+            reason = escalation_reason(candidates[row], policy, threshold=threshold,
+                                       signal_labels=model.task.signal_labels)
             prediction = Prediction(
                 post_id=post.id, source=post.source, task=task,
                 model_version=model.classifier.model_version, label=candidates[row].label,
@@ -182,53 +182,110 @@ def explain_case(case: Case, model: TaskModel, explainer: Explainer, budget: Exp
                     explanation=explanation)
 
 
+@dataclass
+class Persisted:
+    """What one persist transaction did."""
+
+    rows: dict[str, int]
+    #: Redelivered results that disagreed with the stored ones and were dropped (the first stored wins).
+    conflicts: int = 0
+    #: Escalated predictions that are stored, unexplained, and came back unescalated: to escalate again.
+    orphans: list[Case] = field(default_factory=list)
+    #: (source, post id, task, label) of every signal the stored rows imply (new or not).
+    flagged: set[tuple[str, str, str, str]] = field(default_factory=set)
+
+
 def persist(session: Session, cases: Sequence[Case], decisions: Sequence[Decision], *, author_key: bytes,
-            run: str = LIVE_RUN) -> dict[str, int]:
-    """Upsert the posts, predictions, explanations and signals; return rows inserted per table."""
+            signal_labels: Mapping[str, Collection[str]], run: str = LIVE_RUN) -> Persisted:
+    """Upsert the posts, predictions and explanations, then the signals the stored rows imply.
+
+    The rule that keeps redeliveries consistent: the first stored prediction of a (post, task,
+    model version, run) is authoritative, and so is the first stored explanation. An escalated
+    prediction's final label is its explanation's (no signal until there is one); an unescalated
+    one's is the classifier's label. An explanation for a prediction stored as unescalated is
+    dropped. Signals are derived from the stored rows in the same transaction, so a ``signals`` row
+    always agrees with ``predictions.escalated`` and ``explanations.final_label``, whatever was
+    redelivered and in which order.
+    """
     posts = {(c.post.source, c.post.id): c.post for c in cases}
     posts.update({(d.case.post.source, d.case.post.id): d.case.post for d in decisions})
     ids = repository.upsert_posts(session, list(posts.values()), author_key=author_key)
-    predictions = [c.prediction for c in cases] + [d.case.prediction for d in decisions]
-    rows = {"posts_seen": len(ids), "predictions": repository.upsert_predictions(session, predictions, ids, run=run)}
-    explanations, signals = [], []
+    incoming = [*cases, *(d.case for d in decisions)]
+    rows = {"posts_seen": len(ids),
+            "predictions": repository.upsert_predictions(session, [c.prediction for c in incoming], ids, run=run)}
+
+    def key(case: Case) -> repository.PredictionKey:
+        return ids[(case.post.source, case.post.id)], case.prediction.task, case.prediction.model_version
+
+    stored = repository.stored_predictions(session, [key(c) for c in incoming], run=run)
+    result = Persisted(rows=rows)
+    explanations = []
     for d in decisions:
-        post, pred = d.case.post, d.case.prediction
-        key = {"post_id": ids[(post.source, post.id)], "task": pred.task, "model_version": pred.model_version,
-               "run": run}
-        if d.explanation is not None:
-            e = d.explanation
-            explanations.append({**key, "llm_model": e.llm_model, "prompt_version": e.prompt_version,
-                                 "predicted_label": pred.label, "verdict": e.verdict,
-                                 "suggested_label": e.suggested_label, "final_label": d.final_label,
-                                 "rationale": e.rationale, "evidence": e.evidence, "reason": e.reason,
-                                 "latency_s": e.latency_s})
-        if d.is_signal:
-            confidence = pred.probabilities.get(d.final_label, pred.confidence)
-            signals.append({**key, "label": d.final_label, "confidence": confidence, "decided_by": d.decided_by,
-                            "post_created_at": post.created_at})
+        if d.explanation is None:
+            continue
+        k = key(d.case)
+        if not stored[k].escalated:
+            result.conflicts += 1
+            continue
+        e = d.explanation
+        explanations.append({"post_id": k[0], "task": k[1], "model_version": k[2], "run": run,
+                             "llm_model": e.llm_model, "prompt_version": e.prompt_version,
+                             "predicted_label": stored[k].label, "verdict": e.verdict,
+                             "suggested_label": e.suggested_label, "final_label": d.final_label,
+                             "rationale": e.rationale, "evidence": e.evidence, "reason": e.reason,
+                             "latency_s": e.latency_s})
     rows["explanations"] = repository.upsert_explanations(session, explanations)
+    finals = repository.final_labels(session, [k for k in stored if stored[k].escalated], run=run)
+    claimed = {key(d.case): d.final_label for d in decisions if d.is_signal}  # tasks this worker has no model for
+    signals, seen = [], set()
+    for case in incoming:
+        k = key(case)
+        if k in seen:
+            continue
+        seen.add(k)
+        s = stored[k]
+        final = finals.get(k) if s.escalated else s.label
+        if final is None:  # escalated, not explained yet: its explanation will bring the signal
+            if case.escalation is None:
+                result.orphans.append(case.model_copy(update={
+                    "escalation": "redelivered",
+                    "prediction": case.prediction.model_copy(update={
+                        "label": s.label, "probabilities": s.probabilities, "confidence": s.confidence,
+                        "escalated": True})}))
+            continue
+        labels = signal_labels.get(case.prediction.task)
+        if (final in labels) if labels is not None else (claimed.get(k) == final):
+            signals.append({"post_id": k[0], "task": k[1], "model_version": k[2], "run": run, "label": final,
+                            "confidence": s.probabilities.get(final, s.confidence),
+                            "decided_by": "classifier" if final == s.label else "llm",
+                            "post_created_at": case.post.created_at})
+            result.flagged.add((case.post.source, case.post.id, k[1], final))
     rows["signals"] = repository.upsert_signals(session, signals)
-    return rows
+    for row in signals:
+        telemetry.SIGNALS.labels(row["task"], row["label"]).inc()
+    return result
 
 
 def write(factory: sessionmaker[Session], cases: Sequence[Case], decisions: Sequence[Decision], *,
-          author_key: bytes, run: str = LIVE_RUN) -> dict[str, int]:
-    """``persist`` in one transaction, timed and counted (rows inserted, signals, latencies)."""
+          author_key: bytes, signal_labels: Mapping[str, Collection[str]], run: str = LIVE_RUN) -> Persisted:
+    """``persist`` in one transaction, timed and counted (rows inserted, latencies)."""
     started = time.perf_counter()
     with transaction(factory) as session:
-        rows = persist(session, cases, decisions, author_key=author_key, run=run)
+        result = persist(session, cases, decisions, author_key=author_key, signal_labels=signal_labels, run=run)
     telemetry.DB_WRITE_SECONDS.observe(time.perf_counter() - started)
     for table in ("predictions", "explanations", "signals"):  # posts_seen counts lookups, not inserts
-        telemetry.PERSISTED.labels(table).inc(rows[table])
+        telemetry.PERSISTED.labels(table).inc(result.rows[table])
     done = datetime.now(UTC)
     for case in [*cases, *(d.case for d in decisions)]:
         telemetry.END_TO_END_SECONDS.observe(max(0.0, (done - case.post.created_at).total_seconds()))
         if case.received_at is not None:
             telemetry.PIPELINE_SECONDS.observe(max(0.0, (done - case.received_at).total_seconds()))
-    for d in decisions:
-        if d.is_signal:
-            telemetry.SIGNALS.labels(d.case.prediction.task, d.final_label).inc()
-    return rows
+    return result
+
+
+def signal_labels_of(models: Sequence[TaskModel]) -> dict[str, frozenset[str]]:
+    """Each task's health-signal labels: what ``persist`` needs to know of the models."""
+    return {m.task.name: frozenset(m.task.signal_labels) for m in models}
 
 
 def process_batch(
@@ -245,7 +302,10 @@ def process_batch(
     """All stages in one process: the file mode and replays use this; the agents use its parts."""
     by_task = {m.task.name: m for m in models}
     cases = classify_batch(posts, models, policy)
-    escalated = [i for i, case in enumerate(cases) if case.escalation is not None and explainer is not None]
+    if explainer is None:  # nothing will explain them: stored as decided by the classifier, not as escalated
+        cases = [c if c.escalation is None else c.model_copy(update={
+            "escalation": None, "prediction": c.prediction.model_copy(update={"escalated": False})}) for c in cases]
+    escalated = [i for i, case in enumerate(cases) if case.escalation is not None]
     explained: dict[int, Decision] = {}
     if escalated:
         # As many at once as the explainer has llama.cpp contexts (ExplainerPool); order is kept.
@@ -267,11 +327,12 @@ def process_batch(
         result.signals += d.is_signal
     if factory is not None:
         started = time.perf_counter()
-        result.rows = write(factory, [], decisions, author_key=author_key, run=run)
+        result.rows = write(factory, [], decisions, author_key=author_key, signal_labels=signal_labels_of(models),
+                            run=run).rows
         result.rows["write_ms"] = int((time.perf_counter() - started) * 1000)
     return result
 
 
 def policy_from_settings(settings: ExplainerSettings) -> Policy:
     return Policy(mode="explain", below_threshold=settings.below_threshold, verify_signals=settings.verify_signals,
-                  max_share=settings.max_escalation_share, threshold=settings.confidence_threshold)
+                  threshold=settings.confidence_threshold)

@@ -1,11 +1,14 @@
-"""What a worker builds once at start: models, explainer, sessionmaker, policy, budget, a thread pool."""
+"""What a worker builds once at start: models, explainer, sessionmaker, policy, budget, a thread pool,
+and the health reporter and fault plan its stages share."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 import asyncio
+import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -14,11 +17,14 @@ from monitor import telemetry
 from monitor.config import Settings
 from monitor.drift import LabelWindow
 from monitor.explainer.policy import ExplanationBudget, Policy
+from monitor.faults import FaultPlan
+from monitor.health import HealthReporter
 from monitor.pipeline import TaskModel, load_task_models, policy_from_settings
 from monitor.privacy import load_author_key
 
 ROLES = ("classify", "explain", "persist")
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +38,8 @@ class Resources:
     author_key: bytes
     # Blocking work (torch, llama.cpp, the database) runs here, never on the event loop.
     executor: ThreadPoolExecutor
+    health: HealthReporter
+    faults: FaultPlan
     windows: dict[str, LabelWindow] = field(default_factory=dict)
 
     async def run(self, stage: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -40,6 +48,35 @@ class Resources:
             return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args, **kwargs))
         except Exception as exc:
             telemetry.ERRORS.labels(stage, type(exc).__name__).inc()
+            raise
+
+    async def run_aside(self, stage: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Like ``run``, in the event loop's default pool: housekeeping (the lag, the watchdog) must
+        not queue behind a stage's work, e.g. an explain worker whose threads all wait on the LLM."""
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except Exception as exc:
+            telemetry.ERRORS.labels(stage, type(exc).__name__).inc()
+            raise
+
+    def runner(self, app: Any, agent: str, stage: str, inputs: Collection[str], dead_letter: Any) -> Any:
+        """The ``StageRunner`` that settles the batches of one agent (see ``stream_jobs.batches``)."""
+        from stream_jobs.batches import StageRunner
+
+        return StageRunner(stage, agent=agent, app=app, inputs=inputs,  # type: ignore[arg-type]
+                           dead_letter=dead_letter, settings=self.settings.stream, health=self.health,
+                           faults=self.faults)
+
+    @contextmanager
+    def crash_guard(self, agent: str) -> Iterator[None]:
+        """An error that escapes an agent is a bug: declare the process broken, so the supervisor
+        restarts it and its unacknowledged batch is redelivered (Faust alone would restart the agent
+        in this process, past the records it had taken)."""
+        try:
+            yield
+        except Exception as exc:
+            log.exception("agent %s crashed", agent)
+            self.health.fail(f"agent {agent} crashed: {exc!r}"[:500])
             raise
 
     def observe_labels(self, cases: Sequence[Any]) -> None:
@@ -56,7 +93,7 @@ class Resources:
             telemetry.record_label_mix(task, window.shares(), window.mean_confidence())
 
 
-def build_resources(settings: Settings, roles: tuple[str, ...]) -> Resources:
+def build_resources(settings: Settings, roles: tuple[str, ...], *, health: HealthReporter | None = None) -> Resources:
     explainer = None
     if "explain" in roles:
         from monitor.explainer.llm import ExplainerPool, ExplanationCache
@@ -88,4 +125,8 @@ def build_resources(settings: Settings, roles: tuple[str, ...]) -> Resources:
         author_key=load_author_key(key.get_secret_value() if key else None, settings.data_dir / "author.key"),
         executor=ThreadPoolExecutor(max_workers=max(2, settings.explainer.n_parallel + 1),
                                     thread_name_prefix="monitor-worker"),
+        health=health or HealthReporter(None, "+".join(roles)),
+        faults=FaultPlan(fail_batch_stage=settings.faults.fail_batch_stage,
+                         fail_batch_number=settings.faults.fail_batch_number,
+                         poison_stage=settings.faults.poison_stage, poison_marker=settings.faults.poison_marker),
     )

@@ -1,8 +1,9 @@
 """Which posts go to the explainer, and what its verdict may do to a label. Pure.
 
 ALEX sends every predicted health-signal label to the LLM and lets a "no" remove it. Here the
-selection is configurable (low calibrated confidence and/or the ALEX rule, with a cap on the
-share escalated), and the verdict only changes labels in ``correct`` mode, which a measurement
+selection is configurable (low calibrated confidence and/or the ALEX rule) and decided per post
+from its own prediction alone, so a redelivered post is escalated again exactly when it was the first
+time; ``select_for_explanation`` adds a cap on the share escalated for offline evaluation; and the verdict only changes labels in ``correct`` mode, which a measurement
 (``monitor explain-eval``) must earn; otherwise (``explain`` mode) it only attaches the rationale.
 """
 
@@ -21,7 +22,7 @@ class Policy:
     mode: Mode = "explain"
     below_threshold: bool = True       # escalate when calibrated confidence < the model card's threshold
     verify_signals: bool = False       # the ALEX rule: escalate every predicted health-signal label
-    max_share: float = 0.10            # at most this share of a batch is escalated
+    max_share: float = 0.10            # explain-eval: at most this share of an evaluation set is escalated
     threshold: float | None = None     # overrides the model card's escalation threshold
 
     def __post_init__(self) -> None:

@@ -2,11 +2,15 @@
 
 Every function takes an open ``Session`` (the caller owns the transaction) and uses
 ``INSERT ... ON CONFLICT DO NOTHING`` on the table's natural key, on PostgreSQL and SQLite alike.
+Rows are inserted in the order of their natural key, so two transactions writing overlapping rows
+take their row locks in the same order and cannot deadlock each other. The first row stored for a
+key wins; ``stored_predictions`` and ``final_labels`` read back what won.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +28,15 @@ from monitor.storage.tables import Prediction as PredictionRow
 _CHUNK = 500
 
 PostKey = tuple[str, str]  # (source, source id)
+PredictionKey = tuple[int, str, str]  # (post row id, task, model version), within one run
+
+
+@dataclass(frozen=True)
+class StoredPrediction:
+    label: str
+    probabilities: dict[str, float]
+    confidence: float
+    escalated: bool
 
 
 def _insert_new(session: Session, table: Table, rows: Sequence[Mapping[str, Any]], key: Sequence[str]) -> int:
@@ -33,6 +46,8 @@ def _insert_new(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
     if insert is None:
         raise NotImplementedError(f"idempotent upserts are implemented for PostgreSQL and SQLite, not {dialect}")
     inserted = 0
+    # One lock order for every writer (see the module docstring).
+    rows = sorted(rows, key=lambda row: tuple(row[k] for k in key))
     for start in range(0, len(rows), _CHUNK):
         chunk = rows[start : start + _CHUNK]
         # RETURNING yields only the rows actually inserted; rowcount is not reliable for
@@ -79,6 +94,7 @@ def upsert_posts(
 def post_ids(session: Session, keys: Sequence[PostKey]) -> dict[PostKey, int]:
     """Database ids for (source, source id) pairs that exist."""
     found: dict[PostKey, int] = {}
+    keys = sorted(set(keys))
     for start in range(0, len(keys), _CHUNK):
         chunk = keys[start : start + _CHUNK]
         rows = session.execute(
@@ -120,3 +136,40 @@ def upsert_signals(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
     """Store signal rows (columns of ``Signal``) not stored before; return how many."""
     key = ("post_id", "task", "model_version", "run")
     return _insert_new(session, _table(Signal), [{"run": LIVE_RUN, **row} for row in rows], key)
+
+
+def stored_predictions(session: Session, keys: Iterable[PredictionKey], *,
+                       run: str = LIVE_RUN) -> dict[PredictionKey, StoredPrediction]:
+    """The stored prediction of each (post id, task, model version) in ``run`` that has one."""
+    found: dict[PredictionKey, StoredPrediction] = {}
+    wanted = sorted(set(keys))
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start : start + _CHUNK]
+        rows = session.execute(
+            select(PredictionRow.post_id, PredictionRow.task, PredictionRow.model_version, PredictionRow.label,
+                   PredictionRow.probabilities, PredictionRow.confidence, PredictionRow.escalated)
+            .where(PredictionRow.run == run)
+            .where(tuple_(PredictionRow.post_id, PredictionRow.task, PredictionRow.model_version).in_(chunk))
+        )
+        for post_id, task, version, label, probabilities, confidence, escalated in rows:
+            found[(post_id, task, version)] = StoredPrediction(label, dict(probabilities), confidence, bool(escalated))
+    return found
+
+
+def final_labels(session: Session, keys: Iterable[PredictionKey], *, run: str = LIVE_RUN) -> dict[PredictionKey, str]:
+    """The final label of the first explanation stored for each prediction key that has one."""
+    found: dict[PredictionKey, tuple[int, str]] = {}
+    wanted = sorted(set(keys))
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start : start + _CHUNK]
+        rows = session.execute(
+            select(Explanation.post_id, Explanation.task, Explanation.model_version, Explanation.id,
+                   Explanation.final_label)
+            .where(Explanation.run == run)
+            .where(tuple_(Explanation.post_id, Explanation.task, Explanation.model_version).in_(chunk))
+        )
+        for post_id, task, version, row_id, label in rows:
+            key = (post_id, task, version)
+            if key not in found or row_id < found[key][0]:
+                found[key] = (row_id, label)
+    return {key: label for key, (_, label) in found.items()}

@@ -8,7 +8,15 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.config import DatabaseSettings
@@ -63,13 +71,51 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
         session.commit()
     except SQLAlchemyError as exc:
-        session.rollback()
-        raise StorageError(f"database error: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from exc
+        _rollback_quietly(session)
+        raise StorageError(f"database error: {exc.__class__.__name__}: {str(exc).splitlines()[0]}",
+                           transient=is_transient(exc)) from exc
     except BaseException:
-        session.rollback()
+        _rollback_quietly(session)
         raise
     finally:
-        session.close()
+        try:
+            session.close()
+        except SQLAlchemyError:  # the connection is already gone; the pool discards it
+            pass
+
+
+# SQLSTATE classes and codes that say "try again later", not "this row is wrong": connection exceptions
+# (08), insufficient resources (53), operator intervention such as a shutdown or a failover (57), and
+# the two transaction rollbacks every PostgreSQL client must expect: serialization_failure (40001)
+# and deadlock_detected (40P01).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57")
+_TRANSIENT_SQLSTATES = ("40001", "40P01", "55P03")  # 55P03: lock_not_available
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error (PostgreSQL), if the driver gave one."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+
+
+def is_transient(exc: SQLAlchemyError) -> bool:
+    """Whether the same transaction may succeed later: the database's fault, not the data's."""
+    code = sqlstate(exc)
+    if code is not None:
+        return code in _TRANSIENT_SQLSTATES or code[:2] in _TRANSIENT_SQLSTATE_CLASSES
+    # No SQLSTATE: the connection could not be made or was lost (psycopg raises OperationalError
+    # without one then), SQLite was busy or locked, or the pool had no connection to give.
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeoutError)
+
+
+def _rollback_quietly(session: Session) -> None:
+    """Roll back; a connection lost mid-transaction cannot roll back and needs nothing undone."""
+    try:
+        session.rollback()
+    except SQLAlchemyError:
+        pass
 
 
 def ping(engine: Engine) -> None:

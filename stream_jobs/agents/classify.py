@@ -5,38 +5,67 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from monitor import telemetry
-from monitor.pipeline import classify_batch
+from monitor.pipeline import Case, classify_batch
 from monitor.records import DeadLetter, RecordError, decode_post
+from stream_jobs.batches import deliver
 
 
 def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
     batch_size, within = resources.settings.classifier.batch_size, resources.settings.stream.batch_seconds
+    runner = resources.runner(app, "classify", "classify", [topics["posts"].get_topic_name()],
+                              topics["dead_letter"])
+    # What a batch's records became, kept across its retries: a retry sends the same decisions
+    # (the classifier is not asked twice, and its numbers cannot drift between tries).
+    outcomes: dict[tuple[int, int], list[Case] | DeadLetter] = {}
+
+    async def handle(events) -> None:  # noqa: ANN001
+        fresh = [e for e in events if _where(e) not in outcomes]
+        posts, owners = [], []
+        for event in fresh:
+            message = event.message
+            raw = message.value or b""  # a tombstone or empty value is a bad record too
+            received = datetime.fromtimestamp(message.timestamp, UTC)
+            try:
+                posts.append(decode_post(raw, fallback_time=received))
+                owners.append((event, received))
+            except RecordError as exc:
+                outcomes[_where(event)] = DeadLetter.from_error(
+                    exc, raw=raw, stage="decode", key=message.key, topic=message.topic,
+                    partition=message.partition, offset=message.offset)
+        if posts:
+            cases = await resources.run("classify", classify_batch, posts, list(resources.models.values()),
+                                        resources.policy, received_at=[when for _, when in owners])
+            resources.observe_labels(cases)
+            per_post = len(resources.models)
+            for i, (event, _) in enumerate(owners):  # classify_batch returns the posts' cases task by task
+                outcomes[_where(event)] = [cases[t * len(posts) + i] for t in range(per_post)]
+        sends = []
+        for event in events:
+            outcome = outcomes[_where(event)]
+            if isinstance(outcome, DeadLetter):
+                sends.append(topics["dead_letter"].send(key=event.message.key, value=outcome.to_bytes(), force=True))
+                continue
+            for case in outcome:
+                key, value = case.post.id.encode(), case.model_dump_json().encode()
+                sends.append(topics["predictions"].send(key=key, value=value, force=True))
+                if case.escalation is not None:
+                    sends.append(topics["escalations"].send(key=key, value=value, force=True))
+        await deliver(sends, timeout_s=resources.settings.stream.send_timeout_s)
 
     @app.agent(topics["posts"], name="classify")
     async def classify(stream):  # noqa: ANN001
-        async for events in stream.take_events(batch_size, within=within):
-            telemetry.POSTS_CONSUMED.inc(len(events))
-            posts, arrived = [], []
-            for event in events:
-                message = event.message
-                raw = message.value or b""  # a tombstone or empty value is a bad record too
-                received = datetime.fromtimestamp(message.timestamp, UTC)
+        with resources.crash_guard("classify"):
+            async for events in stream.noack_take(batch_size, within=within):
+                telemetry.POSTS_CONSUMED.inc(len(events))
                 try:
-                    posts.append(decode_post(raw, fallback_time=received))
-                    arrived.append(received)
-                except RecordError as exc:
-                    letter = DeadLetter.from_error(exc, raw=raw, stage="decode", key=message.key, topic=message.topic,
-                                                   partition=message.partition, offset=message.offset)
-                    await topics["dead_letter"].send(key=message.key, value=letter.to_bytes())
-                    telemetry.DEAD_LETTERS.labels("decode", exc.reason).inc()
-            if not posts:
-                continue
-            # An error stops the worker; a restart resumes from the last committed offset.
-            cases = await resources.run("classify", classify_batch, posts, list(resources.models.values()),
-                                        resources.policy, received_at=arrived)
-            resources.observe_labels(cases)
-            for case in cases:
-                key, value = case.post.id.encode(), case.model_dump_json().encode()
-                await topics["predictions"].send(key=key, value=value)
-                if case.escalation is not None:
-                    await topics["escalations"].send(key=key, value=value)
+                    await runner.settle(stream, events, handle)
+                    for event in events:
+                        if isinstance(outcome := outcomes.get(_where(event)), DeadLetter):
+                            telemetry.DEAD_LETTERS.labels("decode", outcome.reason).inc()
+                finally:
+                    for event in events:
+                        outcomes.pop(_where(event), None)
+
+
+def _where(event) -> tuple[int, int]:  # noqa: ANN001
+    return event.message.partition, event.message.offset

@@ -1,24 +1,60 @@
-"""posts.escalated -> explain (within the budget, bounded concurrency) -> posts.explained."""
+"""posts.escalated -> explain (within the budget, one post per llama.cpp context at a time) -> posts.explained."""
 
 from __future__ import annotations
 
+import asyncio
+
 from monitor import telemetry
-from monitor.pipeline import Case, explain_case
+from monitor.pipeline import Case, Decision, explain_case
+from stream_jobs.batches import deliver
 
 
 def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
-    @app.agent(topics["escalations"], name="explain", concurrency=resources.settings.explainer.n_parallel)
+    settings = resources.settings
+    runner = resources.runner(app, "explain", "explain", [topics["escalations"].get_topic_name()],
+                              topics["dead_letter"])
+    # Decisions already made for a batch, kept across its retries: an escalation is explained (and
+    # charged to the budget) once, and a retry sends the same verdict.
+    decided: dict[tuple[int, int], Decision | None] = {}
+
+    async def decide(event) -> Decision | None:  # noqa: ANN001
+        case = Case.model_validate_json(event.message.value or b"")  # a ValidationError is poison
+        model = resources.models.get(case.prediction.task)
+        if model is None:  # a task this worker has no model for: another deployment's escalation
+            return None
+        telemetry.EXPLAINER_QUEUE.inc()
+        try:
+            return await resources.run("explain", explain_case, case, model, resources.explainer, resources.budget,
+                                       max_wait_s=settings.explainer.max_wait_s)
+        finally:
+            telemetry.EXPLAINER_QUEUE.dec()
+            telemetry.BUDGET_TOKENS.set(resources.budget.available() if resources.budget else 0)
+
+    async def handle(events) -> None:  # noqa: ANN001
+        fresh = [e for e in events if _where(e) not in decided]
+        # As many at once as the pool has llama.cpp contexts (the executor has one thread more).
+        results = await asyncio.gather(*(decide(e) for e in fresh), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        for event, result in zip(fresh, results, strict=True):
+            if not isinstance(result, BaseException):
+                decided[_where(event)] = result
+        if errors:
+            raise errors[0]
+        sends = [topics["explanations"].send(key=d.case.post.id.encode(), value=d.model_dump_json().encode(),
+                                             force=True)
+                 for e in events if (d := decided[_where(e)]) is not None]
+        await deliver(sends, timeout_s=settings.stream.send_timeout_s)
+
+    @app.agent(topics["escalations"], name="explain")
     async def explain(stream):  # noqa: ANN001
-        async for value in stream:
-            case = Case.model_validate_json(value)
-            model = resources.models.get(case.prediction.task)
-            if model is None:  # a task this worker has no model for: another deployment's escalation
-                continue
-            telemetry.EXPLAINER_QUEUE.inc()
-            try:  # an error stops the worker; a restart resumes from the last committed offset
-                decision = await resources.run("explain", explain_case, case, model, resources.explainer,
-                                               resources.budget, max_wait_s=resources.settings.explainer.max_wait_s)
-            finally:
-                telemetry.EXPLAINER_QUEUE.dec()
-                telemetry.BUDGET_TOKENS.set(resources.budget.available() if resources.budget else 0)
-            await topics["explanations"].send(key=case.post.id.encode(), value=decision.model_dump_json().encode())
+        with resources.crash_guard("explain"):
+            async for events in stream.noack_take(settings.stream.explain_batch, within=settings.stream.batch_seconds):
+                try:
+                    await runner.settle(stream, events, handle)
+                finally:
+                    for event in events:
+                        decided.pop(_where(event), None)
+
+
+def _where(event) -> tuple[int, int]:  # noqa: ANN001
+    return event.message.partition, event.message.offset

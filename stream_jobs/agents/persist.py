@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from monitor.pipeline import Case, Decision, decide_by_classifier, write
+from monitor import telemetry
+from monitor.pipeline import Case, Decision, decide_by_classifier, signal_labels_of, write
 from monitor.signals.detect import publish, run_detection
 from monitor.storage.session import transaction
+from stream_jobs.batches import deliver
 
 
 def _detect(resources):  # noqa: ANN001, ANN202
@@ -15,35 +17,42 @@ def _detect(resources):  # noqa: ANN001, ANN202
 
 
 def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
-    batch_size, within = resources.settings.stream.persist_batch, resources.settings.stream.batch_seconds
+    settings = resources.settings
+    batch_size, within = settings.stream.persist_batch, settings.stream.batch_seconds
+    signal_labels = signal_labels_of(list(resources.models.values()))
 
     async def store(cases, decisions) -> None:  # noqa: ANN001
-        # An error stops the worker; a restart resumes from the last committed offset.
-        await resources.run("persist", write, resources.factory, cases, decisions, author_key=resources.author_key)
-        for d in decisions:
-            if d.is_signal:
-                await topics["signals"].send(key=d.case.post.id.encode(), value=d.model_dump_json().encode())
+        """One transaction; then the signals and any escalation to redo, waited for before the ack."""
+        done = await resources.run("persist", write, resources.factory, cases, decisions,
+                                   author_key=resources.author_key, signal_labels=signal_labels)
+        if done.conflicts:
+            telemetry.REDELIVERY_CONFLICTS.labels("persist").inc(done.conflicts)
+        sends = [topics["signals"].send(key=d.case.post.id.encode(), value=d.model_dump_json().encode(), force=True)
+                 for d in decisions
+                 if (d.case.post.source, d.case.post.id, d.case.prediction.task, d.final_label) in done.flagged]
+        sends += [topics["escalations"].send(key=c.post.id.encode(), value=c.model_dump_json().encode(), force=True)
+                  for c in done.orphans]
+        await deliver(sends, timeout_s=settings.stream.send_timeout_s)
 
-    @app.agent(topics["predictions"], name="persist-predictions")
-    async def persist_predictions(stream):  # noqa: ANN001
-        async for values in stream.take(batch_size, within=within):
-            cases, decisions = [], []
-            for value in values:
-                case = Case.model_validate_json(value)
-                model = resources.models.get(case.prediction.task)
-                if case.escalation is None and model is not None:
-                    decisions.append(decide_by_classifier(case, model.task))
-                else:  # the explainer decides; its Decision arrives on posts.explained
-                    cases.append(case)
-            await store(cases, decisions)
+    async def handle_predictions(events) -> None:  # noqa: ANN001
+        cases, decisions = [], []
+        for event in events:
+            case = Case.model_validate_json(event.message.value or b"")  # a ValidationError is poison
+            model = resources.models.get(case.prediction.task)
+            if case.escalation is None and model is not None:
+                decisions.append(decide_by_classifier(case, model.task))
+            else:  # the explainer decides; its Decision arrives on posts.explained
+                cases.append(case)
+        await store(cases, decisions)
 
-    @app.agent(topics["explanations"], name="persist-explanations")
-    async def persist_explanations(stream):  # noqa: ANN001
-        async for values in stream.take(batch_size, within=within):
-            await store([], [Decision.model_validate_json(v) for v in values])
+    async def handle_explanations(events) -> None:  # noqa: ANN001
+        await store([], [Decision.model_validate_json(event.message.value or b"") for event in events])
+
+    for name, handle in (("predictions", handle_predictions), ("explanations", handle_explanations)):
+        _register_persist(app, topics, resources, name, handle, batch_size, within)
 
     # Every persist worker may run it: alert rows are idempotent, the gauges are per series.
-    @app.timer(interval=resources.settings.signals.detect_every_s)
+    @app.timer(interval=settings.signals.detect_every_s)
     async def detect_spikes() -> None:
         try:
             report = await resources.run("detect", _detect, resources)
@@ -51,3 +60,14 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
             app.log.exception("spike detection failed")
             return
         publish(report)
+
+
+def _register_persist(app, topics, resources, name, handle, batch_size, within) -> None:  # noqa: ANN001, PLR0913
+    runner = resources.runner(app, f"persist-{name}", "persist", [topics[name].get_topic_name()],
+                              topics["dead_letter"])
+
+    @app.agent(topics[name], name=f"persist-{name}")
+    async def persist(stream):  # noqa: ANN001
+        with resources.crash_guard(f"persist-{name}"):
+            async for events in stream.noack_take(batch_size, within=within):
+                await runner.settle(stream, events, handle)
