@@ -255,7 +255,6 @@ class ExplainerSettings(_Section):
         None, ge=0.0, le=1.0, description="Escalation threshold; unset = each model card's own (chosen on validation)"
     )
     verify_signals: bool = Field(False, description="Also escalate every predicted health-signal label (the ALEX rule)")
-    max_escalation_share: float = Field(0.10, ge=0.0, le=1.0, description="Cap on the share of a batch escalated")
     budget_per_s: float = Field(1.0, gt=0, description="Explanations per second the LLM may be asked for (per worker)")
     max_wait_s: float = Field(60.0, gt=0, description="An escalation queued longer than this is not explained (backlog bound)")
 
@@ -275,6 +274,32 @@ class StreamSettings(_Section):
     app_id: str = Field("health-monitor", description="Faust app id; each role's consumer group is APP_ID-ROLE")
     batch_seconds: float = Field(0.5, gt=0, le=60, description="Longest wait to fill a classify or persist batch")
     persist_batch: int = Field(256, ge=1, le=10000, description="Records per database transaction in persist")
+    explain_batch: int = Field(8, ge=1, le=1024, description="Escalations an explain worker takes at once (shared among its llama.cpp contexts)")
+    retry_base_s: float = Field(0.5, gt=0, le=60, description="First wait before retrying a batch after a fault (doubles each time, with jitter)")
+    retry_cap_s: float = Field(30.0, gt=0, le=3600, description="Longest wait between two retries of a batch")
+    max_attempts: int = Field(3, ge=1, le=100, description="Tries of a batch failing with an unclassified error before its records are tried one by one (a record that still fails alone is dead-lettered)")
+    send_timeout_s: float = Field(30.0, gt=0, le=3600, description="Longest wait for the broker to acknowledge a batch's output before the batch is retried")
+    stall_after_s: float = Field(600.0, ge=10, description="Watchdog: a role with lag whose committed offsets have not moved this long (and that is not waiting out a fault) is restarted")
+
+
+class SupervisorSettings(_Section):
+    """How ``monitor worker`` keeps its role processes alive."""
+
+    restart_backoff_s: float = Field(1.0, gt=0, le=600, description="First wait before restarting a role process that died (doubles per crash)")
+    restart_backoff_cap_s: float = Field(60.0, gt=0, le=3600, description="Longest wait before restarting a crashed role process")
+    stable_after_s: float = Field(120.0, gt=0, description="A role process up this long has its restart backoff reset")
+    heartbeat_s: float = Field(5.0, gt=0, le=300, description="How often a role process reports its health")
+    heartbeat_timeout_s: float = Field(120.0, gt=0, description="A role process silent this long (event loop stuck) is killed and restarted")
+    startup_grace_s: float = Field(900.0, gt=0, description="Time a role process may take to load its models before its first heartbeat")
+
+
+class FaultSettings(_Section):
+    """Fault drills: inject errors into a stage to rehearse recovery. Leave unset in production."""
+
+    fail_batch_stage: Literal["classify", "explain", "persist", ""] = Field("", description="Stage whose FAIL_BATCH_NUMBER-th batch raises once (empty = off)")
+    fail_batch_number: int = Field(1, ge=1, description="Which batch of FAIL_BATCH_STAGE fails (its first try only)")
+    poison_stage: Literal["classify", "explain", "persist", ""] = Field("", description="Stage at which records whose post id contains POISON_MARKER always fail (empty = off)")
+    poison_marker: str = Field("", max_length=200, description="Post-id substring that marks a record as poison for POISON_STAGE")
 
 
 class MetricsSettings(_Section):
@@ -387,6 +412,8 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = PrivacySettings()
     signals: SignalsSettings = SignalsSettings()
     services: ServicesSettings = ServicesSettings()
+    supervisor: SupervisorSettings = SupervisorSettings()
+    faults: FaultSettings = FaultSettings()
 
     @field_validator("data_dir", "cache_dir")
     @classmethod

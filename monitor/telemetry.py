@@ -8,21 +8,29 @@ against ``METRIC_NAMES`` below, so a renamed metric breaks a test, not a dashboa
 them with prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set for the children
 before they import this module). A role started on its own (``python -m stream_jobs --role R``, one
 per container) serves its own registry. Gauges therefore declare how they aggregate across processes.
+The endpoint also answers the liveness and readiness probes (/livez, /readyz) it is given.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+import socket
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client import multiprocess
 
@@ -56,6 +64,13 @@ DEAD_LETTERS = Counter("monitor_dead_letters_total", "Records sent to the dead-l
                        ["stage", "reason"])
 ERRORS = Counter("monitor_errors_total", "Errors caught and handled inside a worker, by stage and kind",
                  ["stage", "kind"])
+RETRIES = Counter("monitor_retries_total",
+                  "Batch retries after a fault, by stage and kind (transient: a service outage or conflict; "
+                  "unknown: an unclassified error; systemic: every record of a batch fails alone too)",
+                  ["stage", "kind"])
+REDELIVERY_CONFLICTS = Counter("monitor_redelivery_conflicts_total",
+                               "Redelivered results that disagreed with the stored ones and were dropped "
+                               "(the first stored result wins), by stage", ["stage"])
 
 # -- histograms ----------------------------------------------------------------------------------------
 INFERENCE_SECONDS = Histogram("monitor_batch_inference_seconds", "Classifier time for one batch, by task",
@@ -97,13 +112,30 @@ SIGNAL_BUCKET = Gauge("monitor_signal_bucket_start_seconds",
                       ["task", "granularity", "stratum", "series"], multiprocess_mode="mostrecent")
 SIGNAL_EXPECTED = Gauge("monitor_signal_expected", "Baseline mean of the latest bucket of a signal series",
                         ["task", "method", "granularity", "stratum", "series"], multiprocess_mode="mostrecent")
+FAULT_WAITING = Gauge("monitor_fault_waiting", "1 while a stage waits out a fault with its consumer paused, else 0",
+                      ["stage"], multiprocess_mode="livemax")
 BUDGET_TOKENS = Gauge("monitor_explainer_budget_tokens", "Explanations the budget allows right now",
                       multiprocess_mode="livesum")
 
+# -- the supervisor's own: ``monitor worker``'s parent process, served beside its children's samples ------
+# Registered in no registry here: the parent adds them to the one it serves (``serve(collectors=...)``).
+WORKER_RESTARTS = Counter("monitor_worker_restarts_total",
+                          "Role processes restarted by monitor worker, by role and reason "
+                          "(exited, unresponsive: no heartbeat, not_live: declared itself broken)",
+                          ["role", "reason"], registry=None)
+WORKER_UP = Gauge("monitor_worker_up", "1 while a role process of monitor worker runs, else 0", ["role"],
+                  registry=None)
+WORKER_READY = Gauge("monitor_worker_ready",
+                     "1 while a role process is ready (started, no stage waiting out a fault), else 0", ["role"],
+                     registry=None)
+SUPERVISOR_METRICS = (WORKER_RESTARTS, WORKER_UP, WORKER_READY)
+
 _ALL = (POSTS_CONSUMED, PREDICTIONS, ESCALATIONS, EXPLANATIONS, FLIPS, NOT_EXPLAINED, PERSISTED, SIGNALS,
-        DEAD_LETTERS, ERRORS, INFERENCE_SECONDS, BATCH_SIZE, LLM_SECONDS, DB_WRITE_SECONDS, END_TO_END_SECONDS,
+        DEAD_LETTERS, ERRORS, RETRIES, REDELIVERY_CONFLICTS,
+        INFERENCE_SECONDS, BATCH_SIZE, LLM_SECONDS, DB_WRITE_SECONDS, END_TO_END_SECONDS,
         PIPELINE_SECONDS, CONSUMER_LAG, EXPLAINER_QUEUE, MODEL_INFO, GPU_MEMORY, LABEL_SHARE, LABEL_SHARE_EXPECTED,
-        MEAN_CONFIDENCE, SIGNAL_ALERT, SIGNAL_SCORE, SIGNAL_OBSERVED, SIGNAL_BUCKET, SIGNAL_EXPECTED, BUDGET_TOKENS)
+        MEAN_CONFIDENCE, SIGNAL_ALERT, SIGNAL_SCORE, SIGNAL_OBSERVED, SIGNAL_BUCKET, SIGNAL_EXPECTED, FAULT_WAITING, BUDGET_TOKENS,
+        *SUPERVISOR_METRICS)
 
 
 def _exposed_names(metric) -> set[str]:  # noqa: ANN001
@@ -120,25 +152,71 @@ def _exposed_names(metric) -> set[str]:  # noqa: ANN001
 METRIC_NAMES: frozenset[str] = frozenset(n for m in _ALL for n in _exposed_names(m))
 
 
-def serve(settings: MetricsSettings, *, multiprocess_dir: Path | None = None) -> int | None:
-    """Serve /metrics on ``settings.host:settings.port`` (port 0 = off); returns the port served.
+#: A probe: healthy or not, and a JSON body saying why (``monitor.health.probe_result``).
+Probe = Callable[[], tuple[bool, Mapping[str, Any]]]
+
+
+def serve(settings: MetricsSettings, *, multiprocess_dir: Path | None = None, collectors: Iterable = (),
+          probes: Mapping[str, Probe] | None = None) -> int | None:
+    """Serve /metrics and ``probes`` (path -> probe) on ``settings.host:settings.port`` (port 0 = off)
+    from a background thread; returns the port served.
 
     With ``multiprocess_dir`` the endpoint aggregates every process writing there (the parent of
-    ``monitor worker``); without, it serves this process's default registry. A port that cannot be
-    bound is a ``ServiceError``.
+    ``monitor worker``); without, it serves this process's default registry. ``collectors`` are
+    added to the registry served. A probe answers 200 or 503 with its JSON body. A port that cannot
+    be bound is a ``ServiceError``.
     """
     if settings.port == 0:
         return None
-    registry = None
+    registry = REGISTRY
     if multiprocess_dir is not None:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(multiprocess_dir))
-    kwargs = {"registry": registry} if registry is not None else {}
+    for collector in collectors:
+        registry.register(collector)
+    app = _endpoint(make_wsgi_app(registry), dict(probes or {}))
     try:
-        start_http_server(settings.port, addr=settings.host, **kwargs)
+        server = make_server(settings.host, settings.port, app, server_class=_server_class(settings.host),
+                             handler_class=_QuietHandler)
     except OSError as exc:  # the port is taken, or the address is not this machine's
         raise ServiceError(f"cannot serve metrics on {settings.host}:{settings.port}: {exc}") from exc
+    threading.Thread(target=server.serve_forever, name="metrics-endpoint", daemon=True).start()
     return settings.port
+
+
+def _endpoint(metrics_app: Callable, probes: Mapping[str, Probe]) -> Callable:
+    """A WSGI app: the probes at their paths, prometheus-client's exposition everywhere else (as
+    ``start_http_server`` did, so a scrape config with another metrics path keeps working)."""
+
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        probe = probes.get(environ.get("PATH_INFO", ""))
+        if probe is None:
+            return metrics_app(environ, start_response)
+        ok, body = probe()
+        data = json.dumps(body).encode()
+        start_response("200 OK" if ok else "503 Service Unavailable",
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+                        ("Cache-Control", "no-store")])
+        return [data]
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass  # a scrape and a probe every few seconds would drown the worker's own log
+
+
+def _server_class(host: str) -> type[WSGIServer]:
+    """A threaded WSGI server of the host's address family (an IPv6 address needs AF_INET6): a slow
+    client never holds up a probe."""
+    family = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][0] if host else socket.AF_INET
+
+    class Server(ThreadingMixIn, WSGIServer):
+        address_family = family
+        daemon_threads = True
+
+    return Server
 
 
 def prepare_multiprocess_dir(folder: Path) -> Path:
@@ -183,3 +261,11 @@ def record_gpu_memory(device: str) -> None:
     import torch
 
     GPU_MEMORY.labels(device).set(torch.cuda.memory_allocated(device))
+
+
+def sample_sum(exposition: str, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` that carry ``labels``, in a /metrics page's text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(sample.value for family in text_string_to_metric_families(exposition) for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))

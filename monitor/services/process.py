@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -94,6 +94,21 @@ def stop_group(proc: subprocess.Popen, *, timeout_s: float = 60.0) -> None:
         proc.wait()
 
 
+def stop_processes(processes: Iterable[subprocess.Popen], *, timeout_s: float = 60.0) -> None:
+    """SIGTERM to every process, then one shared wait of ``timeout_s`` for all of them together;
+    SIGKILL to whichever is left (``monitor worker`` stopping its role processes)."""
+    running = [p for p in processes if p.poll() is None]
+    for proc in running:
+        proc.terminate()
+    deadline = time.monotonic() + timeout_s
+    for proc in running:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def terminate(pid: int, marker: str, *, timeout_s: float = 30.0) -> None:
     """SIGTERM, wait for a clean exit, SIGKILL after ``timeout_s``."""
     if not is_alive(pid, marker):
@@ -157,3 +172,18 @@ def apt_install(packages: Sequence[str], why: str) -> None:
         if done.returncode != 0:
             tail = " | ".join(done.stderr.strip().splitlines()[-3:])
             raise ServiceError(f"{why}: `{' '.join(cmd)}` failed: {tail}")
+
+
+def http_get(url: str, *, timeout_s: float = 5.0) -> tuple[int, str]:
+    """GET a local endpoint (a worker's /metrics, /livez, /readyz): (HTTP status, body), or (0, "") when
+    nothing answers there."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:  # noqa: S310 - the caller's own endpoint
+            return reply.status, reply.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:  # 503 from /readyz is an answer, not a failure
+        return exc.code, exc.read().decode("utf-8", "replace")
+    except OSError:
+        return 0, ""

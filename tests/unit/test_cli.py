@@ -25,3 +25,17 @@ def test_a_usage_error_is_a_short_message_not_a_traceback():
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "Missing option" in result.stderr
+
+
+def test_the_worker_supervisor_gives_up_on_a_configuration_error_instead_of_restarting_forever(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+    env.update({"MONITOR_DATA_DIR": str(tmp_path), "MONITOR_METRICS__PORT": "0"})  # and no model configured
+    result = subprocess.run([sys.executable, "-m", "monitor.cli", "worker", "--role", "persist"], env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 78  # EX_CONFIG, passed on from the role process
+    assert "no trained model configured" in result.stderr
+    assert "cannot start with this configuration" in result.stdout

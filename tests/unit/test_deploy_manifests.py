@@ -173,6 +173,7 @@ def test_compose_workers_are_locked_down_and_wait_for_the_migration():
         assert {s["source"] for s in service["secrets"]} == {"postgres_password", "author_key"}, role
     for role in ROLES:
         assert services[role]["command"] == ["monitor", "worker", "--role", role]
+        assert "9108/livez" in " ".join(services[role]["healthcheck"]["test"]), f"{role}: health check not on /livez"
         assert services[role]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert services["migrate"]["command"][-1] == "monitor services up kafka && monitor db upgrade"
 
@@ -297,8 +298,12 @@ def test_pods_are_non_root_read_only_bounded_and_probed(kustomization):
             role = name.removeprefix("health-monitor-")
             assert worker["args"] == ["monitor", "worker", "--role", role]
             assert worker["ports"] == [{"name": "metrics", "containerPort": 9108, "protocol": "TCP"}]
-            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                assert worker[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}, f"{name} {probe}"
+            # Liveness only on /livez (the supervisor runs): a role waiting out a database outage is
+            # not ready (/readyz), and restarting its pod would not bring the database back.
+            paths = {probe: worker[probe]["httpGet"] for probe in ("startupProbe", "readinessProbe", "livenessProbe")}
+            assert paths == {"startupProbe": {"path": "/livez", "port": "metrics"},
+                             "readinessProbe": {"path": "/readyz", "port": "metrics"},
+                             "livenessProbe": {"path": "/livez", "port": "metrics"}}, name
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=lambda p: p.name)

@@ -102,3 +102,19 @@ def _group_pids(group: int) -> list[str]:
         if int(fields[2]) == group:  # field 5 of /proc/PID/stat: the process group id
             pids.append(stat.parent.name)
     return pids
+
+
+def test_stop_processes_waits_for_all_at_once_then_kills_what_is_left(tmp_path):
+    import subprocess
+
+    polite = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.1)\n"])
+    script = tmp_path / "stubborn.py"
+    script.write_text("import signal, sys, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                      "open(sys.argv[1], 'w').close()\nwhile True: time.sleep(0.1)\n")
+    stubborn = [subprocess.Popen([sys.executable, str(script), str(tmp_path / f"{i}.ready")]) for i in range(2)]
+    process.wait_until(lambda: all((tmp_path / f"{i}.ready").exists() for i in range(2)) or None, 10, "the handlers")
+    started = time.monotonic()
+    process.stop_processes([polite, *stubborn], timeout_s=1)
+    assert time.monotonic() - started < 2.5  # one shared second, not one per process
+    assert polite.returncode == -15
+    assert [p.returncode for p in stubborn] == [-9, -9]
