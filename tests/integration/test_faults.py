@@ -260,10 +260,18 @@ def test_kill_9_of_one_role_mid_stream_loses_nothing(stack: Stack, role: str):
     _until(lambda: len(_stored(stack, source)[watched]) >= (5 if role == "explain" else 100), 240,
            f"{role} to be busy", stack, 0.5)
     restarts = _metric(stack, "monitor_worker_restarts_total", role=role)
-    os.kill(_role_pid(stack, role), signal.SIGKILL)
+    victim = _role_pid(stack, role)
+    os.kill(victim, signal.SIGKILL)
+    # The supervisor sees it at once: not ready, naming the role, while its own /livez stays 200.
+    status, body = _until(lambda: (r := _get(stack.url("/readyz")))[0] == 503 and r, 15, "/readyz to drop", stack, 0.1)
+    assert json.loads(body)["roles"][role]["status"] != "ready"
+    assert _get(stack.url("/livez"))[0] == 200
     rows = _until(lambda: _done(stack, source, len(posts)), 360, f"every post after killing {role}", stack, 2)
     _assert_exact(rows, posts)
+    status, body = _until(lambda: (r := _get(stack.url("/readyz")))[0] == 200 and r, 120, "/readyz again", stack)
+    assert json.loads(body)["roles"][role]["pid"] not in (None, victim)  # restarted by nobody but the supervisor
     assert _metric(stack, "monitor_worker_restarts_total", role=role) == restarts + 1
+    assert f"{role} worker killed by SIGKILL; restarting in" in stack.log.read_text()
     verdicts = [verdict for _, _, verdict in rows["explanations"]]
     assert verdicts and set(verdicts) <= {"confirm", "reject", "unverified", "over_budget"}
 
