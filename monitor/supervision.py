@@ -25,7 +25,7 @@ LOOP_STALE_S = 30.0
 #: model, a malformed setting): restarting cannot help, so the supervisor stops and passes it on.
 EX_CONFIG = 78
 #: Why a role process was restarted (the ``reason`` label of monitor_worker_restarts_total).
-RESTART_REASONS = ("exited", "unresponsive", "not_live")
+RESTART_REASONS = ("exited", "unresponsive", "not_live", "memory")
 
 
 class Step(Enum):
@@ -86,12 +86,13 @@ class RoleSlot:
                      heartbeat_timeout_s=self.settings.heartbeat_timeout_s,
                      startup_grace_s=self.settings.startup_grace_s)
 
-    def next_step(self, health: RoleHealth, now: float) -> Step:
-        """Start a process when one is due; stop a stuck one at once and a broken one gently."""
+    def next_step(self, health: RoleHealth, now: float, *, rss_bytes: int | None = None) -> Step:
+        """Start a process when one is due; stop a stuck one at once, and a broken one or one that has
+        outgrown its memory limit (``settings.max_rss_mb``; a slow leak in a months-long run) gently."""
         if self.pid is None:
             return Step.START if now >= self.restart_at else Step.WAIT
         if self.stopping:
-            if self.stopping == "not_live" and now - self.stop_sent_at >= KILL_AFTER_S:
+            if self.stopping != "unresponsive" and now - self.stop_sent_at >= KILL_AFTER_S:
                 self.stop_sent_at = now
                 return Step.KILL
             return Step.WAIT
@@ -101,6 +102,11 @@ class RoleSlot:
             return Step.KILL
         if health.status == "not_live":
             self._stop("not_live", health.reason, now)
+            return Step.TERMINATE
+        limit = self.settings.max_rss_mb * 2**20
+        if limit and rss_bytes is not None and rss_bytes > limit:
+            self._stop("memory", f"resident memory {rss_bytes / 2**20:.0f} MB over the "
+                                 f"{self.settings.max_rss_mb} MB limit", now)
             return Step.TERMINATE
         return Step.WAIT
 

@@ -121,14 +121,16 @@ BUDGET_TOKENS = Gauge("monitor_explainer_budget_tokens", "Explanations the budge
 # Registered in no registry here: the parent adds them to the one it serves (``serve(collectors=...)``).
 WORKER_RESTARTS = Counter("monitor_worker_restarts_total",
                           "Role processes restarted by monitor worker, by role and reason "
-                          "(exited, unresponsive: no heartbeat, not_live: declared itself broken)",
+                          "(exited, unresponsive: no heartbeat, not_live: declared itself broken, memory: over its limit)",
                           ["role", "reason"], registry=None)
 WORKER_UP = Gauge("monitor_worker_up", "1 while a role process of monitor worker runs, else 0", ["role"],
                   registry=None)
 WORKER_READY = Gauge("monitor_worker_ready",
                      "1 while a role process is ready (started, no stage waiting out a fault), else 0", ["role"],
                      registry=None)
-SUPERVISOR_METRICS = (WORKER_RESTARTS, WORKER_UP, WORKER_READY)
+WORKER_RSS = Gauge("monitor_worker_rss_bytes", "Resident memory of each role process of monitor worker", ["role"],
+                   registry=None)
+SUPERVISOR_METRICS = (WORKER_RESTARTS, WORKER_UP, WORKER_READY, WORKER_RSS)
 
 _ALL = (POSTS_CONSUMED, PREDICTIONS, ESCALATIONS, EXPLANATIONS, FLIPS, NOT_EXPLAINED, PERSISTED, SIGNALS,
         DEAD_LETTERS, ERRORS, RETRIES, REDELIVERY_CONFLICTS,

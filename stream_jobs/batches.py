@@ -213,6 +213,11 @@ class StageRunner:
         telemetry.DEAD_LETTERS.labels(self.stage, reason).inc()
 
 
+def position(event: Any) -> tuple[int, int]:
+    """Where a record sits in its topic (an agent reads one topic): (partition, offset)."""
+    return event.message.partition, event.message.offset
+
+
 def _key_text(event: Any) -> str:
     key = event.message.key
     return key.decode("utf-8", "replace") if isinstance(key, bytes | bytearray) else str(key or "")

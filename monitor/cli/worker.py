@@ -50,7 +50,7 @@ def worker(
     """
     from monitor import telemetry
     from monitor.health import RoleHealth, read_state
-    from monitor.services.process import stop_processes
+    from monitor.services.process import resident_bytes, stop_processes
     from monitor.supervision import EX_CONFIG, KILL_AFTER_S, RESTART_REASONS, RoleSlot, Step, livez, readyz
 
     settings = ctx.obj.settings
@@ -104,19 +104,21 @@ def worker(
                     console.print(f"[red]{name} worker {restart.why}; restarting in {restart.delay_s:.1f}s "
                                   f"(crash {restart.crashes} in a row)[/]", soft_wrap=True)
                 health = slot.health(read_state(path) if name in processes else None, now)
-                step = slot.next_step(health, now)
+                rss = resident_bytes(processes[name].pid) if name in processes else None
+                telemetry.WORKER_RSS.labels(name).set(rss or 0)
+                step = slot.next_step(health, now, rss_bytes=rss)
                 if step is Step.START:
                     processes[name] = _spawn(name, loglevel, path, env)
                     slot.started(processes[name].pid, now)
                     health = slot.health(None, now)
                     started.append(f"{name} (pid {processes[name].pid})")
                 elif step is Step.KILL:
-                    console.print(f"[yellow]{name} worker {health.status}: {health.reason}; SIGKILL[/]",
+                    console.print(f"[yellow]{name} worker {slot.stopping}: {slot.stopping_detail}; SIGKILL[/]",
                                   soft_wrap=True)
                     processes[name].kill()
                 elif step is Step.TERMINATE:
-                    console.print(f"[yellow]{name} worker {health.status}: {health.reason}; SIGTERM, SIGKILL in "
-                                  f"{KILL_AFTER_S:.0f}s[/]", soft_wrap=True)
+                    console.print(f"[yellow]{name} worker {slot.stopping}: {slot.stopping_detail}; SIGTERM, SIGKILL "
+                                  f"in {KILL_AFTER_S:.0f}s[/]", soft_wrap=True)
                     processes[name].terminate()
                 healths[name] = health
                 telemetry.WORKER_UP.labels(name).set(name in processes)

@@ -187,3 +187,14 @@ def http_get(url: str, *, timeout_s: float = 5.0) -> tuple[int, str]:
         return exc.code, exc.read().decode("utf-8", "replace")
     except OSError:
         return 0, ""
+
+
+def resident_bytes(pid: int) -> int | None:
+    """A process's resident memory (VmRSS, Linux /proc), or None if it is gone or unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from monitor import telemetry
 from monitor.pipeline import Case, classify_batch
 from monitor.records import DeadLetter, RecordError, decode_post
-from stream_jobs.batches import deliver
+from stream_jobs.batches import deliver, position
 
 
 def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
@@ -19,7 +19,7 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
     outcomes: dict[tuple[int, int], list[Case] | DeadLetter] = {}
 
     async def handle(events) -> None:  # noqa: ANN001
-        fresh = [e for e in events if _where(e) not in outcomes]
+        fresh = [e for e in events if position(e) not in outcomes]
         posts, owners = [], []
         for event in fresh:
             message = event.message
@@ -29,7 +29,7 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
                 posts.append(decode_post(raw, fallback_time=received))
                 owners.append((event, received))
             except RecordError as exc:
-                outcomes[_where(event)] = DeadLetter.from_error(
+                outcomes[position(event)] = DeadLetter.from_error(
                     exc, raw=raw, stage="decode", key=message.key, topic=message.topic,
                     partition=message.partition, offset=message.offset)
         if posts:
@@ -38,10 +38,10 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
             resources.observe_labels(cases)
             per_post = len(resources.models)
             for i, (event, _) in enumerate(owners):  # classify_batch returns the posts' cases task by task
-                outcomes[_where(event)] = [cases[t * len(posts) + i] for t in range(per_post)]
+                outcomes[position(event)] = [cases[t * len(posts) + i] for t in range(per_post)]
         sends = []
         for event in events:
-            outcome = outcomes[_where(event)]
+            outcome = outcomes[position(event)]
             if isinstance(outcome, DeadLetter):
                 sends.append(topics["dead_letter"].send(key=event.message.key, value=outcome.to_bytes(), force=True))
                 continue
@@ -60,12 +60,9 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
                 try:
                     await runner.settle(stream, events, handle)
                     for event in events:
-                        if isinstance(outcome := outcomes.get(_where(event)), DeadLetter):
+                        if isinstance(outcome := outcomes.get(position(event)), DeadLetter):
                             telemetry.DEAD_LETTERS.labels("decode", outcome.reason).inc()
                 finally:
                     for event in events:
-                        outcomes.pop(_where(event), None)
+                        outcomes.pop(position(event), None)
 
-
-def _where(event) -> tuple[int, int]:  # noqa: ANN001
-    return event.message.partition, event.message.offset

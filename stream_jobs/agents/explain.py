@@ -6,7 +6,7 @@ import asyncio
 
 from monitor import telemetry
 from monitor.pipeline import Case, Decision, explain_case
-from stream_jobs.batches import deliver
+from stream_jobs.batches import deliver, position
 
 
 def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
@@ -31,18 +31,18 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
             telemetry.BUDGET_TOKENS.set(resources.budget.available() if resources.budget else 0)
 
     async def handle(events) -> None:  # noqa: ANN001
-        fresh = [e for e in events if _where(e) not in decided]
+        fresh = [e for e in events if position(e) not in decided]
         # As many at once as the pool has llama.cpp contexts (the executor has one thread more).
         results = await asyncio.gather(*(decide(e) for e in fresh), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         for event, result in zip(fresh, results, strict=True):
             if not isinstance(result, BaseException):
-                decided[_where(event)] = result
+                decided[position(event)] = result
         if errors:
             raise errors[0]
         sends = [topics["explanations"].send(key=d.case.post.id.encode(), value=d.model_dump_json().encode(),
                                              force=True)
-                 for e in events if (d := decided[_where(e)]) is not None]
+                 for e in events if (d := decided[position(e)]) is not None]
         await deliver(sends, timeout_s=settings.stream.send_timeout_s)
 
     @app.agent(topics["escalations"], name="explain")
@@ -53,8 +53,5 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
                     await runner.settle(stream, events, handle)
                 finally:
                     for event in events:
-                        decided.pop(_where(event), None)
+                        decided.pop(position(event), None)
 
-
-def _where(event) -> tuple[int, int]:  # noqa: ANN001
-    return event.message.partition, event.message.offset

@@ -123,6 +123,22 @@ def test_a_process_that_declares_itself_broken_gets_sigterm_then_sigkill_after_3
     assert slot.next_step(slot.health(None, slot.restart_at + 1), slot.restart_at + 1) is Step.WAIT
 
 
+def test_a_process_over_its_memory_limit_is_stopped_gently_and_restarted_as_memory():
+    limited = SETTINGS.model_copy(update={"max_rss_mb": 500})
+    slot = RoleSlot("persist", limited)
+    slot.next_step(slot.health(None, 0.0), 0.0)
+    slot.started(100, 0.0)
+    health = slot.health(_beating(slot, 10.0), 10.0)
+    assert slot.next_step(health, 10.0, rss_bytes=499 * 2**20) is Step.WAIT
+    assert slot.next_step(health, 10.0, rss_bytes=None) is Step.WAIT  # unreadable: no decision
+    assert slot.next_step(health, 11.0, rss_bytes=501 * 2**20) is Step.TERMINATE
+    assert slot.next_step(health, 11.0 + KILL_AFTER_S, rss_bytes=501 * 2**20) is Step.KILL
+    restart = slot.exited(0, 45.0, TopOfRange())
+    assert restart.reason == "memory" and "501 MB over the 500 MB limit" in restart.why
+    unlimited = _running(now=0.0)  # max_rss_mb = 0: no limit
+    assert unlimited.next_step(unlimited.health(_beating(unlimited, 5.0), 5.0), 5.0, rss_bytes=2**40) is Step.WAIT
+
+
 @pytest.mark.parametrize("changes", [{"started": False}, {"blocks": {"persist": "database unreachable"}}])
 def test_starting_and_not_ready_processes_are_left_alone(changes):
     slot = _running(now=0.0)

@@ -118,3 +118,13 @@ def test_stop_processes_waits_for_all_at_once_then_kills_what_is_left(tmp_path):
     assert time.monotonic() - started < 2.5  # one shared second, not one per process
     assert polite.returncode == -15
     assert [p.returncode for p in stubborn] == [-9, -9]
+
+
+def test_resident_bytes_reads_this_process_and_nothing_for_a_gone_one():
+    import os
+
+    from monitor.services.process import resident_bytes
+
+    mine = resident_bytes(os.getpid())
+    assert mine is not None and 10 * 2**20 < mine < 64 * 2**30
+    assert resident_bytes(2**22 + 12345) is None  # above the kernel's pid_max default: no such process
