@@ -6,10 +6,17 @@ awaits the broker's acknowledgement of everything it sends. ``settle`` acknowled
 after ``handle`` succeeded for every record, or the records that fail alone are in the dead-letter
 topic. Until then nothing is acknowledged, so a crash, a kill or a shutdown mid-batch redelivers it.
 
-How each failure is met is ``monitor.faults``' policy: transient faults are waited out with the
-consumer paused and the role reported not ready; an unknown error is retried, then the batch is
-split to find the records that fail alone (poison, dead-lettered once); if nothing succeeds alone the
-fault is the system's and is waited out too.
+How each failure is met is ``monitor.faults``' policy: transient faults are waited out and the role
+reported not ready; an unknown error is retried, then the batch is split to find the records that
+fail alone (poison, dead-lettered once); if nothing succeeds alone the fault is the system's and is
+waited out too.
+
+While a stage waits, its consumer takes nothing more: the agent does not ask for the next batch, so
+Faust's bounded stream buffer fills and its fetcher stops reading the partitions (backpressure);
+the process sleeps between tries. The partitions are deliberately *not* paused with
+``consumer.pause_partitions``: Faust drops the records of a batch already fetched for a partition
+paused that way, and its gap tracking then commits past them, which loses them (seen in a soak run:
+one post lost per pause).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import asyncio
 import logging
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,13 +66,11 @@ async def deliver(sends: Sequence[Awaitable[Any]], *, timeout_s: float) -> None:
 class StageRunner:
     """Settles the batches of one stage (one agent): retries, isolation, dead letters, readiness."""
 
-    def __init__(self, stage: Stage, *, agent: str, app: Any, inputs: Collection[str], dead_letter: Any,
+    def __init__(self, stage: Stage, *, agent: str, dead_letter: Any,
                  settings: StreamSettings, health: HealthReporter, faults: FaultPlan,
                  rng: random.Random | None = None) -> None:
         self.stage = stage
         self.agent = agent  # its log lines and its readiness block (a stage may have several agents)
-        self.app = app
-        self.inputs = frozenset(inputs)
         self.dead_letter = dead_letter
         self.settings = settings
         self.health = health
@@ -153,7 +158,7 @@ class StageRunner:
         return failed, succeeded
 
     async def _wait(self, kind: FailureKind | str, attempt: int, exc: BaseException) -> None:
-        """Back off with the consumer paused and the role not ready; counted by stage and kind."""
+        """Back off with the role not ready (and nothing more taken); counted by stage and kind."""
         delay = backoff_delay(attempt, base_s=self.settings.retry_base_s, cap_s=self.settings.retry_cap_s,
                               rng=self.rng)
         telemetry.RETRIES.labels(self.stage, kind).inc()
@@ -162,7 +167,6 @@ class StageRunner:
             self._waiting = True
             _waiting[self.stage] += 1
             telemetry.FAULT_WAITING.labels(self.stage).set(1)
-            self._pause(True)
             log.warning("%s: waiting out a %s fault: %s", self.agent, kind, exc)
         elif attempt % 10 == 0:
             log.warning("%s: still waiting out a %s fault after %d retries: %s", self.agent, kind, self._retries,
@@ -176,18 +180,9 @@ class StageRunner:
         self._waiting = False
         _waiting[self.stage] -= 1
         telemetry.FAULT_WAITING.labels(self.stage).set(1 if _waiting[self.stage] > 0 else 0)
-        self._pause(False)
         self.health.unblock(self.agent)
         log.warning("%s: recovered after %d retries", self.agent, self._retries)
         self._retries = 0
-
-    def _pause(self, pause: bool) -> None:
-        """Stop (or restart) fetching this stage's partitions while it waits: no buffer grows, and the
-        consumer keeps polling, so the group does not evict it however long the fault lasts."""
-        consumer = self.app.consumer
-        partitions = {tp for tp in consumer.assignment() if tp.topic in self.inputs}
-        if partitions:
-            (consumer.pause_partitions if pause else consumer.resume_partitions)(partitions)
 
     async def _dead_letter(self, event: Any, exc: Exception) -> None:
         """The record's bytes, stage and reason to the dead-letter topic (waited for: it is the record's

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -59,13 +59,12 @@ class Resources:
             telemetry.ERRORS.labels(stage, type(exc).__name__).inc()
             raise
 
-    def runner(self, app: Any, agent: str, stage: str, inputs: Collection[str], dead_letter: Any) -> Any:
+    def runner(self, agent: str, stage: str, dead_letter: Any) -> Any:
         """The ``StageRunner`` that settles the batches of one agent (see ``stream_jobs.batches``)."""
         from stream_jobs.batches import StageRunner
 
-        return StageRunner(stage, agent=agent, app=app, inputs=inputs,  # type: ignore[arg-type]
-                           dead_letter=dead_letter, settings=self.settings.stream, health=self.health,
-                           faults=self.faults)
+        return StageRunner(stage, agent=agent, dead_letter=dead_letter,  # type: ignore[arg-type]
+                           settings=self.settings.stream, health=self.health, faults=self.faults)
 
     @contextmanager
     def crash_guard(self, agent: str) -> Iterator[None]:

@@ -12,8 +12,7 @@ from stream_jobs.batches import deliver, position
 
 def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
     batch_size, within = resources.settings.classifier.batch_size, resources.settings.stream.batch_seconds
-    runner = resources.runner(app, "classify", "classify", [topics["posts"].get_topic_name()],
-                              topics["dead_letter"])
+    runner = resources.runner("classify", "classify", topics["dead_letter"])
     # What a batch's records became, kept across its retries: a retry sends the same decisions
     # (the classifier is not asked twice, and its numbers cannot drift between tries).
     outcomes: dict[tuple[int, int], list[Case] | DeadLetter] = {}

@@ -11,8 +11,7 @@ from stream_jobs.batches import deliver, position
 
 def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
     settings = resources.settings
-    runner = resources.runner(app, "explain", "explain", [topics["escalations"].get_topic_name()],
-                              topics["dead_letter"])
+    runner = resources.runner("explain", "explain", topics["dead_letter"])
     # Decisions already made for a batch, kept across its retries: an escalation is explained (and
     # charged to the budget) once, and a retry sends the same verdict.
     decided: dict[tuple[int, int], Decision | None] = {}

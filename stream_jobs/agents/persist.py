@@ -63,8 +63,7 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
 
 
 def _register_persist(app, topics, resources, name, handle, batch_size, within) -> None:  # noqa: ANN001, PLR0913
-    runner = resources.runner(app, f"persist-{name}", "persist", [topics[name].get_topic_name()],
-                              topics["dead_letter"])
+    runner = resources.runner(f"persist-{name}", "persist", topics["dead_letter"])
 
     @app.agent(topics[name], name=f"persist-{name}")
     async def persist(stream):  # noqa: ANN001

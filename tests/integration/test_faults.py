@@ -73,10 +73,10 @@ def _texts() -> list[str]:
     return [e.text for e in load_examples(SHARED / "rmhd27" / "rmhd27_dev.csv", TASK).examples]
 
 
-def _posts(source: str, count: int, *, poison_at: int | None = None) -> list[Post]:
+def _posts(source: str, count: int, *, poison_at: tuple[int, ...] = ()) -> list[Post]:
     texts = _texts()
     start = datetime.now(UTC) - timedelta(minutes=20)
-    return [Post(id=f"{source}-{'POISON-' if i == poison_at else ''}{i}", text=texts[i % len(texts)], source=source,
+    return [Post(id=f"{source}-{'POISON-' if i in poison_at else ''}{i}", text=texts[i % len(texts)], source=source,
                  created_at=start + timedelta(milliseconds=50 * i)) for i in range(count)]
 
 
@@ -277,21 +277,25 @@ def test_kill_9_of_one_role_mid_stream_loses_nothing(stack: Stack, role: str):
 
 
 def test_a_failing_batch_is_retried_and_a_poison_record_is_dead_lettered_alone(stack: Stack):
-    posts = _posts("drill", 600, poison_at=300)
-    poison = posts[300]
-    _produce(stack, posts)
-    good = [p for p in posts if p is not poison]
+    # A steady stream, as in production: records keep arriving while each poison batch is isolated
+    # (a soak run once lost the batch mates fetched during such a wait).
+    posts = _posts("drill", 600, poison_at=(150, 300, 450))
+    poison = [p for p in posts if "POISON" in p.id]
+    _produce(stack, posts, rate_per_s=40)
+    good = [p for p in posts if p not in poison]
     rows = _until(lambda: _done(stack, "drill", len(good)), 300, "every good post", stack, 2)
     _assert_exact(rows, good)
     consumer = KafkaConsumer(stack.topics.dead_letter, bootstrap_servers=stack.kafka.bootstrap_servers,
                              auto_offset_reset="earliest", group_id=None, consumer_timeout_ms=5000)
     letters = [DeadLetter.from_bytes(record.value) for record in consumer]
     consumer.close()
-    mine = [letter for letter in letters if letter.key == poison.id.encode()]
-    assert len(mine) == 1, "the poison record is dead-lettered exactly once"
-    assert mine[0].stage == "classify" and mine[0].reason == "InjectedFault"
-    assert mine[0].original == encode_post(poison) and mine[0].topic == stack.topics.posts
-    assert not [letter for letter in letters if letter.key != poison.id.encode() and letter.stage != "decode"]
+    keys = {p.id.encode(): p for p in poison}
+    mine = sorted((letter for letter in letters if letter.key in keys), key=lambda letter: letter.key)
+    assert [letter.key for letter in mine] == sorted(keys), "each poison record is dead-lettered exactly once"
+    for letter in mine:
+        assert letter.stage == "classify" and letter.reason == "InjectedFault"
+        assert letter.original == encode_post(keys[letter.key]) and letter.topic == stack.topics.posts
+    assert not [letter for letter in letters if letter.key not in keys and letter.stage != "decode"]
     # persist's 3rd batch failed once (a drill) and was retried, not dead-lettered.
     assert _metric(stack, "monitor_retries_total", stage="persist", kind="unknown") >= 1
 

@@ -93,6 +93,7 @@ def _query_until(url: str, promql: str, expected: float, timeout_s: float = 30.0
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # its own deadline is 420 s; pytest's default 300 s would cut it short
 def test_5000_posts_and_1000_malformed_through_every_role_counted_by_prometheus(kafka, postgres_db, stream_env,
                                                                                 tmp_path):
     topics, env = stream_env

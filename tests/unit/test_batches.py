@@ -7,7 +7,6 @@ that record what the runner did to them.
 import asyncio
 import random
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import pytest
 
@@ -44,32 +43,6 @@ class Stream:
         self.acked.append(event.message.offset)
 
 
-class TP(NamedTuple):  # Faust's TP is a named tuple of the same two fields
-    topic: str
-    partition: int
-
-
-@dataclass
-class Consumer:
-    paused: set = field(default_factory=set)
-    pauses: int = 0
-
-    def assignment(self):
-        return {TP("posts", 0), TP("other", 0)}
-
-    def pause_partitions(self, tps):
-        self.pauses += 1
-        self.paused |= set(tps)
-
-    def resume_partitions(self, tps):
-        self.paused -= set(tps)
-
-
-@dataclass
-class App:
-    consumer: Consumer = field(default_factory=Consumer)
-
-
 @dataclass
 class DeadLetterTopic:
     sent: list[DeadLetter] = field(default_factory=list)
@@ -87,20 +60,20 @@ def _events(n):
 
 
 def _runner(faults=None):
-    app, letters = App(), DeadLetterTopic()
+    letters = DeadLetterTopic()
     health = HealthReporter(None, "test")
     health.mark_started()
-    runner = StageRunner("persist", agent="persist-predictions", app=app, inputs=["posts"], dead_letter=letters, settings=SETTINGS,
+    runner = StageRunner("persist", agent="persist-predictions", dead_letter=letters, settings=SETTINGS,
                          health=health, faults=faults or FaultPlan(), rng=random.Random(1))
-    return runner, app, letters, health
+    return runner, letters, health
 
 
-def test_a_transient_fault_is_waited_out_with_the_consumer_paused_and_the_role_not_ready():
-    runner, app, letters, health = _runner()
+def test_a_transient_fault_is_waited_out_with_the_role_not_ready():
+    runner, letters, health = _runner()
     stream, done, seen = Stream(), [], []
 
     async def handle(events):
-        seen.append((health.state().ready, set(app.consumer.paused)))
+        seen.append(health.state().ready)
         if len(seen) <= 4:
             raise StorageError("connection refused", transient=True)
         done.extend(e.message.offset for e in events)
@@ -108,12 +81,12 @@ def test_a_transient_fault_is_waited_out_with_the_consumer_paused_and_the_role_n
     asyncio.run(runner.settle(stream, _events(5), handle))
     assert done == [0, 1, 2, 3, 4] and stream.acked == [0, 1, 2, 3, 4]
     assert letters.sent == []
-    assert seen[0] == (True, set()) and seen[1] == (False, {TP("posts", 0)})  # paused: only its own input
-    assert health.state().ready and app.consumer.paused == set() and app.consumer.pauses == 1
+    assert seen == [True, False, False, False, False]
+    assert health.state().ready and health.state().blocks == {}
 
 
 def test_nothing_is_acknowledged_while_a_fault_lasts_nor_when_the_batch_is_cancelled():
-    runner, _, _, _ = _runner()
+    runner, _, _ = _runner()
     stream = Stream()
 
     async def handle(events):
@@ -131,7 +104,7 @@ def test_nothing_is_acknowledged_while_a_fault_lasts_nor_when_the_batch_is_cance
 
 
 def test_an_unknown_error_on_one_batch_is_retried_and_the_batch_lands():
-    runner, _, letters, _ = _runner()
+    runner, letters, _ = _runner()
     stream, calls = Stream(), []
 
     async def handle(events):
@@ -144,7 +117,7 @@ def test_an_unknown_error_on_one_batch_is_retried_and_the_batch_lands():
 
 
 def test_a_record_that_always_fails_is_dead_lettered_alone_and_the_rest_lands():
-    runner, _, letters, _ = _runner()
+    runner, letters, _ = _runner()
     stream, stored = Stream(), set()
 
     async def handle(events):
@@ -159,7 +132,7 @@ def test_a_record_that_always_fails_is_dead_lettered_alone_and_the_rest_lands():
 
 
 def test_a_poison_record_is_dead_lettered_without_retries():
-    runner, _, letters, _ = _runner()
+    runner, letters, _ = _runner()
     stream, calls = Stream(), []
 
     async def handle(events):
@@ -173,7 +146,7 @@ def test_a_poison_record_is_dead_lettered_without_retries():
 
 
 def test_when_every_record_fails_alone_the_fault_is_systemic_and_is_waited_out_not_dead_lettered():
-    runner, _, letters, health = _runner()
+    runner, letters, health = _runner()
     stream, calls, readiness = Stream(), [], []
 
     async def handle(events):
@@ -188,7 +161,7 @@ def test_when_every_record_fails_alone_the_fault_is_systemic_and_is_waited_out_n
 
 
 def test_a_drill_fails_the_chosen_batch_once():
-    runner, _, letters, _ = _runner(FaultPlan(fail_batch_stage="persist", fail_batch_number=2))
+    runner, letters, _ = _runner(FaultPlan(fail_batch_stage="persist", fail_batch_number=2))
     stream, calls = Stream(), []
 
     async def handle(events):
