@@ -430,6 +430,19 @@ def steady_levels(timeline: list[dict], since: float, until: float, rate: float)
     return levels
 
 
+def falling_behind(timeline: list[dict], since: float, until: float, rate: float) -> list[str]:
+    """Groups whose lag grew by more than 30 s of posts in the quiet stretch: the stack does not keep
+    up with --rate there, and their "steady level" is no steady state."""
+    quiet = [s for s in timeline if since <= s["lag_t"] < until]
+    found = []
+    for group in GROUP_INPUTS:
+        seen = [s["lag"][group] for s in quiet if s["lag"].get(group) is not None]
+        if len(seen) > 1 and seen[-1] - seen[0] > rate * 30:
+            found.append(f"group {group}: lag grew from {seen[0]} to {seen[-1]} between warm-up and the first fault; "
+                         f"the stack does not keep up with {rate:g} posts/s, so its recovery times mean little")
+    return found
+
+
 def memory_growth(timeline: list[dict], warmup_s: float) -> dict[str, dict]:
     """Per process: RSS at start, after warm-up and at end, and its growth after warm-up.
 
@@ -846,6 +859,7 @@ def summarize(args, soak: Soak, faults: list[Fault], rows: dict, letters: dict, 
     timeline, warmup_s = soak.timeline, args.warmup * 60
     first_fault = min((f.start_s for f in faults if f.start_s is not None), default=drain_s)
     levels = steady_levels(timeline, warmup_s, first_fault, args.rate)
+    soak.events += falling_behind(timeline, warmup_s, first_fault, args.rate)
     settle_times(timeline, faults, levels)
     memory = memory_growth(timeline, warmup_s)
     last = timeline[-1] if timeline else {}
