@@ -17,11 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from monitor.config import ClassifierSettings
-from monitor.encoding import encode, length_sorted_batches, precut
+from monitor.encoding import encode, length_sorted_batches, normalise_text, precut
 from monitor.errors import ModelError
-from monitor.model_card import ModelCard, read_card
-from monitor.training.calibrate import softmax
-from monitor.training.data import normalise_text
+from monitor.model_card import ModelCard, read_card, softmax
 
 
 def resolve_device(requested: str) -> str:

@@ -1,4 +1,5 @@
-"""Text to token ids, identically at training and inference: head+tail truncation, char pre-cut.
+"""Text to token ids, identically at training and inference: one normalisation, head+tail
+truncation, char pre-cut.
 
 Long posts keep their beginning and their end (Sun et al. 2019 found head+tail the best cut for
 BERT-style classifiers: the conclusion of a post often carries the signal). Texts are cut by
@@ -7,8 +8,71 @@ characters first, so a 1 MB post never reaches the tokenizer whole.
 
 from __future__ import annotations
 
+import html
+import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Any, Literal
+
+_URL = re.compile(r"(?:\bhttps?://|\bwww\.)[^\s<>\"]+", re.IGNORECASE)
+_URL_TAIL = ".,;:!?)]}'"
+_MENTION = re.compile(r"(?<![\w@])@\w+|(?<![\w/])/?u/[\w-]+")
+# Printable ASCII and ordinary line breaks never need a category look-up; everything else might be
+# a control (-> space) or a format/zero-width/surrogate character (-> removed).
+_SUSPECT = re.compile(r"[^\x20-\x7e\t\n\r]")
+
+
+def _drop_invisible(match: re.Match[str]) -> str:
+    category = unicodedata.category(match.group())
+    if category == "Cc":
+        return " "
+    if category in ("Cf", "Cs"):
+        return ""
+    return match.group()
+
+
+def _url_token(match: re.Match[str]) -> str:
+    url = match.group()
+    kept = url.rstrip(_URL_TAIL)
+    # Sentence punctuation after a link ("see http://x.org).") is not part of it; keep it.
+    return "HTTPURL" + url[len(kept):] if kept else url
+
+
+def _unescape(text: str) -> str:
+    # Scraped text is often escaped twice ("&amp;lt;"); undo it all, or a second pass would differ.
+    while True:
+        unescaped = html.unescape(text)
+        if unescaped == text:
+            return text
+        text = unescaped
+
+
+def _normalise_once(text: str) -> str:
+    text = unicodedata.normalize("NFKC", _unescape(unicodedata.normalize("NFKC", text)))
+    text = _SUSPECT.sub(_drop_invisible, text)
+    # The patterns start with look-behinds that the regex engine tries at every position; a plain
+    # substring test first makes the common case (no link, no mention) several times faster.
+    if "://" in text or "www." in text.lower():
+        text = _URL.sub(_url_token, text)
+    if "@" in text or "u/" in text:
+        text = _MENTION.sub("@USER", text)
+    return " ".join(text.split())
+
+
+def normalise_text(text: str) -> str:
+    """The one text normalisation, for real and augmented rows and for posts at inference.
+
+    HTML entities unescaped, NFKC, control characters to spaces, zero-width/format characters
+    removed, URLs -> ``HTTPURL``, @mentions and Reddit ``u/`` names -> ``@USER``, whitespace
+    collapsed. Idempotent: ``normalise_text(normalise_text(t)) == normalise_text(t)``.
+    """
+    for _ in range(8):
+        again = _normalise_once(text)
+        if again == text:
+            return text
+        text = again
+    return text  # real input settles after one or two changing passes; the bound guards against a cycle
+
 
 Truncation = Literal["head", "head_tail"]
 

@@ -32,7 +32,7 @@ from monitor.records import (
     post_from_record,
 )
 from monitor.tasks import TaskDefinition
-from monitor.training.data import BadRow, delimited_records, file_format, jsonl_records, load_examples
+from monitor.corpus import BadRow, delimited_records, file_format, jsonl_records, load_examples
 
 DATE_COLUMNS = ("created_at", "date", "created_utc", "timestamp")
 SYNTHETIC_DAYS = 7

@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from monitor.errors import ModelError
@@ -65,3 +66,15 @@ def read_card(folder: Path) -> ModelCard:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ModelError(f"{path}: invalid model card: {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0, biases: np.ndarray | None = None) -> np.ndarray:
+    """softmax((logits + biases) / temperature): biases move the decision, the temperature calibrates."""
+    z = np.asarray(logits, dtype=np.float64)
+    if biases is not None:
+        z = z + np.asarray(biases, dtype=np.float64)
+    z = z / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    probs = np.exp(z)
+    probs /= probs.sum(axis=1, keepdims=True)
+    return probs

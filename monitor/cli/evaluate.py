@@ -77,8 +77,8 @@ def evaluate(
     from monitor.model_card import read_card
     from monitor.models import file_sha256
     from monitor.tasks import load_task
-    from monitor.training.calibrate import softmax
-    from monitor.training.data import load_examples
+    from monitor.model_card import softmax
+    from monitor.corpus import load_examples
     from monitor.training.recipe import DataOptions, prepare, report_for
 
     card = read_card(model)

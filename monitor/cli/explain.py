@@ -106,7 +106,7 @@ def explain_eval(
     from monitor.model_card import read_card
     from monitor.models import file_sha256
     from monitor.tasks import load_task
-    from monitor.training.data import load_examples
+    from monitor.corpus import load_examples
     from monitor.training.recipe import DataOptions, prepare
 
     settings = settings_of(ctx)

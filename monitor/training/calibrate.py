@@ -12,19 +12,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from monitor.model_card import softmax
+
 _GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0, biases: np.ndarray | None = None) -> np.ndarray:
-    """softmax((logits + biases) / temperature): biases move the decision, the temperature calibrates."""
-    z = np.asarray(logits, dtype=np.float64)
-    if biases is not None:
-        z = z + np.asarray(biases, dtype=np.float64)
-    z = z / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    probs = np.exp(z)
-    probs /= probs.sum(axis=1, keepdims=True)
-    return probs
 
 
 def calibrate(

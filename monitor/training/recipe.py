@@ -35,7 +35,9 @@ from monitor.models import file_sha256
 from monitor.tasks import TaskDefinition
 from monitor.training import augment, balance
 from monitor.training.calibrate import calibrate, choose_threshold, softmax
-from monitor.training.data import Example, Splits, label_counts, load_examples, normalise_text, split_examples
+from monitor.corpus import Example, label_counts, load_examples
+from monitor.encoding import normalise_text
+from monitor.training.data import Splits, split_examples
 from monitor.training.finetune import FineTuneConfig, fine_tune, predict_logits
 
 

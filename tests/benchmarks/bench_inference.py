@@ -42,7 +42,7 @@ def main() -> None:
     from monitor.pipeline import TaskModel, classify_batch
     from monitor.records import Post
     from monitor.tasks import load_task
-    from monitor.training.data import load_examples
+    from monitor.corpus import load_examples
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)

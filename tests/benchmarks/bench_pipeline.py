@@ -65,7 +65,7 @@ def main() -> None:  # noqa: PLR0915 - a benchmark script reads best top to bott
     from monitor.storage.tables import Prediction
     from monitor.tasks import load_task
     from monitor.topology import topic_specs
-    from monitor.training.data import load_examples
+    from monitor.corpus import load_examples
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)

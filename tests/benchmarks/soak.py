@@ -730,7 +730,7 @@ def main() -> int:  # noqa: PLR0915 - a benchmark script reads best top to botto
     from monitor.services import local, process
     from monitor.storage import migrations
     from monitor.tasks import load_task
-    from monitor.training.data import load_examples
+    from monitor.corpus import load_examples
 
     console = Console()
     task = load_task(args.task)

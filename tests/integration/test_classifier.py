@@ -15,7 +15,7 @@ import torch
 from monitor.classifier import Classifier
 from monitor.config import ClassifierSettings
 from monitor.tasks import load_task
-from monitor.training.data import load_examples
+from monitor.corpus import load_examples
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

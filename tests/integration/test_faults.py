@@ -28,7 +28,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from monitor import broker, telemetry
 from monitor.config import DatabaseSettings, KafkaSettings, Settings, TopicSettings
@@ -43,7 +43,7 @@ from monitor.storage.tables import Post as PostRow
 from monitor.storage.tables import Prediction as PredictionRow
 from monitor.storage.tables import Signal
 from monitor.tasks import load_task
-from monitor.training.data import load_examples
+from monitor.corpus import load_examples
 
 # The first test also waits for the stack to start (and the session's tiny model to be trained).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

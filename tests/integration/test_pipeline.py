@@ -19,7 +19,7 @@ from monitor.storage.session import create_db_engine, make_sessionmaker, transac
 from monitor.storage.tables import Explanation, Prediction, Signal
 from monitor.storage.tables import Post as PostRow
 from monitor.tasks import load_task
-from monitor.training.data import load_examples
+from monitor.corpus import load_examples
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 KEY = b"pipeline-test"

@@ -21,7 +21,7 @@ from monitor.storage.tables import Post as PostRow
 from monitor.storage.tables import Prediction, ReplayRun
 from monitor.tasks import load_task
 from monitor.topology import TopicSpec
-from monitor.training.data import load_examples
+from monitor.corpus import load_examples
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 

@@ -29,7 +29,7 @@ from monitor.storage.tables import Explanation, Prediction, Signal
 from monitor.storage.tables import Post as PostRow
 from monitor.tasks import load_task
 from monitor.topology import topic_specs
-from monitor.training.data import load_examples
+from monitor.corpus import load_examples
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 GOOD = 300  # the kill -9 test

@@ -20,7 +20,7 @@ from monitor.feed import (
 )
 from monitor.records import Post, decode_post, encode_post
 from monitor.tasks import load_task
-from monitor.training.data import BadRow
+from monitor.corpus import BadRow
 
 RMHD27 = Path("/work/shared/data/rmhd27/rmhd27_dev.csv")
 NOW = datetime(2024, 5, 10, 15, 30, tzinfo=UTC)

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from monitor.evaluation import expected_calibration_error
-from monitor.training.calibrate import choose_threshold, fit_temperature, nll, softmax, tune_biases
+from monitor.model_card import softmax
+from monitor.training.calibrate import choose_threshold, fit_temperature, nll, tune_biases
 
 
 def _sampled(true_temperature: float, n: int = 20000, k: int = 3, seed: int = 0):

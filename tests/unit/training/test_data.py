@@ -7,15 +7,9 @@ import pytest
 
 from monitor.errors import DataError
 from monitor.tasks import load_task
-from monitor.training.data import (
-    BadRow,
-    Example,
-    label_counts,
-    load_examples,
-    near_duplicate_pairs,
-    normalise_text,
-    split_examples,
-)
+from monitor.corpus import BadRow, Example, label_counts, load_examples
+from monitor.encoding import normalise_text
+from monitor.training.data import near_duplicate_pairs, split_examples
 
 SHARED_DATA = Path("/work/shared/data")
 DRUGLIB = SHARED_DATA / "druglib" / "drugLibTrain_raw.tsv"
