@@ -13,9 +13,9 @@ console = Console()
 
 
 def _where(ctx: typer.Context) -> str:
-    from sqlalchemy.engine import make_url
+    from monitor.storage.session import display_url
 
-    return make_url(settings_of(ctx).database.url).render_as_string(hide_password=True)
+    return display_url(settings_of(ctx).database.url)
 
 
 @app.command()

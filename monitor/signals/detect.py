@@ -10,12 +10,11 @@ Prometheus gauges from the report; it is kept apart so detection runs and is tes
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from monitor.config import SignalsSettings
@@ -32,14 +31,13 @@ from monitor.signals.ears import (
     gate,
 )
 from monitor.storage.alerts import insert_alerts
-from monitor.storage.tables import LIVE_RUN, Explanation, Post, Signal
+from monitor.storage.queries import flagged_signals, latest_explanations, stored_posts
 
 SeriesKind = Literal["count", "weighted"]
 #: The stratum of every post of a task; the others are ``source:NAME`` and ``region:COUNTRY/REGION``.
 ALL = "all"
 _STRATUM_CHARS = 320  # the width of alerts.stratum
 _EXCERPT_CHARS = 280
-_CHUNK = 500  # ids per IN (...) query, well under SQLite's bound-variable limit
 
 
 @dataclass(frozen=True)
@@ -146,19 +144,8 @@ def _read_flags(session: Session, since: datetime, until: datetime, tasks: Colle
     Two model versions of a task may both flag a post during a model change; it counts once, with the
     higher confidence.
     """
-    query = (
-        select(Signal.post_id, Signal.task, Signal.label, Signal.confidence, Signal.post_created_at, Post.source,
-               Post.geo)
-        .join(Post, Post.id == Signal.post_id)
-        # posts.created_at holds the same instant and has an index of its own: naming it lets the
-        # planner start from the posts in range rather than scan every signal of the live run.
-        .where(Signal.run == LIVE_RUN, Signal.post_created_at >= since, Signal.post_created_at < until,
-               Post.created_at >= since, Post.created_at < until)
-    )
-    if tasks is not None:
-        query = query.where(Signal.task.in_(list(tasks)))
     best: dict[tuple[str, int], _Flag] = {}
-    for post_id, task, label, confidence, at, source, geo in session.execute(query):
+    for post_id, task, label, confidence, at, source, geo in flagged_signals(session, since, until, tasks=tasks):
         key = (task, post_id)
         if key not in best or confidence > best[key].confidence:
             best[key] = _Flag(post_id, task, label, float(confidence), at, source, region_of(geo))
@@ -201,11 +188,6 @@ def _top_flags(flags: Sequence[_Flag], start: datetime, granularity: Granularity
     return sorted(inside, key=lambda f: (-f.confidence, f.post_id))[:n]
 
 
-def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
-    for start in range(0, len(ids), _CHUNK):
-        yield ids[start : start + _CHUNK]
-
-
 def _excerpt(text: str) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= _EXCERPT_CHARS else flat[: _EXCERPT_CHARS - 1] + "\u2026"
@@ -213,20 +195,8 @@ def _excerpt(text: str) -> str:
 
 def _describe(session: Session, flags: Collection[_Flag]) -> dict[tuple[str, int], dict[str, Any]]:
     """Post text and the latest live explanation of each (task, post), as an alert stores them."""
-    ids = sorted({f.post_id for f in flags})
-    posts: dict[int, tuple[str, str, str]] = {}
-    explained: dict[tuple[str, int], Explanation] = {}
-    for chunk in _chunks(ids):
-        for pk, source, source_id, text in session.execute(
-            select(Post.id, Post.source, Post.source_id, Post.text).where(Post.id.in_(chunk))
-        ):
-            posts[pk] = (source, source_id, text)
-        for e in session.scalars(
-            select(Explanation).where(Explanation.post_id.in_(chunk), Explanation.run == LIVE_RUN)
-        ):
-            key = (e.task, e.post_id)
-            if key not in explained or (e.created_at, e.id) > (explained[key].created_at, explained[key].id):
-                explained[key] = e
+    ids = {f.post_id for f in flags}
+    posts, explained = stored_posts(session, ids), latest_explanations(session, ids)
     described = {}
     for f in flags:
         source, source_id, text = posts.get(f.post_id, (f.source, "", ""))

@@ -53,6 +53,14 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
                          connect_args=libpq_tls_args(settings))
 
 
+def display_url(url: str) -> str:
+    """The database URL with its password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError as exc:
+        raise StorageError(f"bad database URL: {exc}") from exc
+
+
 def libpq_tls_args(settings: DatabaseSettings) -> dict[str, str]:
     """The TLS settings as libpq connection parameters (they win over the same ones in the URL)."""
     return {name: str(value) for name in ("sslmode", "sslrootcert", "sslcert", "sslkey")

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from monitor.errors import ConfigError
 from monitor.evaluation import Report, pyplot
 from monitor.tasks import TaskDefinition
 from monitor.training.finetune import FineTuneConfig
@@ -113,7 +114,7 @@ def run_ablation(
     """Run each variant; return its row. Fine-tuned model folders are kept under ``out_dir``."""
     unknown = set(variants) - set(VARIANTS)
     if unknown:
-        raise ValueError(f"unknown ablation variants: {sorted(unknown)} (known: {', '.join(VARIANTS)})")
+        raise ConfigError(f"unknown ablation variants: {sorted(unknown)} (known: {', '.join(VARIANTS)})")
     out_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare(task, data_path, data_options)
     test = prepared.splits.test

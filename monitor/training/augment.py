@@ -19,6 +19,7 @@ from enum import StrEnum
 from functools import cache, partial
 from typing import Any, Generic, Protocol, TypeVar
 
+from monitor.errors import ConfigError, DataError
 from monitor.training.wordnet import SynonymSource, WordNetSynonyms
 
 log = logging.getLogger(__name__)
@@ -210,13 +211,13 @@ def select_operators(
             chosen[item.name] = item
             continue
         if item not in OPERATORS:
-            raise ValueError(f"unknown augmentation operator {item!r}; known: {', '.join(OPERATORS)}")
+            raise ConfigError(f"unknown augmentation operator {item!r}; known: {', '.join(OPERATORS)}")
         operator = OPERATORS[item]
         if item == "synonym" and synonyms is not None:
             operator = dataclasses.replace(operator, apply=partial(swap_synonym, synonyms=synonyms))
         chosen[item] = operator
     if not chosen:
-        raise ValueError("no augmentation operator enabled")
+        raise ConfigError("no augmentation operator enabled")
     return tuple(chosen.values())
 
 
@@ -440,7 +441,7 @@ def augment_minority(
     targets = minority_classes(present) if minority is None else frozenset(minority)
     absent = sorted(targets - present.keys())
     if absent:
-        raise ValueError(f"no examples of class {', '.join(map(repr, absent))} to augment")
+        raise DataError(f"no examples of class {', '.join(map(repr, absent))} to augment")
 
     seen = {example.text for example in examples}
     made: Counter[str] = Counter()

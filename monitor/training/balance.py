@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Generic, Literal, Protocol, TypeVar
 
-from monitor.errors import DataError
+from monitor.errors import ConfigError, DataError
 
 Scheme = Literal["inverse", "sqrt_inverse", "effective_number"]
 Strategy = Literal["over", "under", "both"]
@@ -54,10 +54,10 @@ def class_weights(
         raw = {label: 1 / math.sqrt(counts[label]) for label in label_set}
     elif scheme == "effective_number":
         if not 0 <= beta < 1:
-            raise ValueError(f"beta must be in [0, 1), got {beta}")
+            raise ConfigError(f"beta must be in [0, 1), got {beta}")
         raw = {label: (1 - beta) / (1 - beta ** counts[label]) for label in label_set}
     else:
-        raise ValueError(f"unknown weighting scheme {scheme!r}; known: inverse, sqrt_inverse, effective_number")
+        raise ConfigError(f"unknown weighting scheme {scheme!r}; known: inverse, sqrt_inverse, effective_number")
     scale = n / sum(counts[label] * weight for label, weight in raw.items())
     return {label: weight * scale for label, weight in raw.items()}
 
@@ -103,9 +103,9 @@ def resample_targets(
     Classes that already satisfy the ratio are left as they are.
     """
     if not 0 < target_ratio <= 1:
-        raise ValueError(f"target_ratio must be in (0, 1], got {target_ratio}")
+        raise ConfigError(f"target_ratio must be in (0, 1], got {target_ratio}")
     if strategy not in ("over", "under", "both"):
-        raise ValueError(f"unknown resampling strategy {strategy!r}; known: over, under, both")
+        raise ConfigError(f"unknown resampling strategy {strategy!r}; known: over, under, both")
     sizes = {label: n for label, n in counts.items() if n > 0}
     if not sizes:
         return dict(counts)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from monitor.errors import ConfigError
 from monitor.model_card import softmax
 
 _GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0
@@ -109,7 +110,7 @@ def choose_threshold(confidence: np.ndarray, max_share: float) -> float:
     Posts below t go to the explainer, so this sends at most ``max_share`` of posts like these.
     """
     if not 0.0 <= max_share <= 1.0:
-        raise ValueError("max_share must be within [0, 1]")
+        raise ConfigError("max_share must be within [0, 1]")
     values = np.sort(np.asarray(confidence, dtype=np.float64))
     n = len(values)
     if n == 0:

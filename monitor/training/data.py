@@ -16,6 +16,7 @@ from itertools import chain, islice
 
 from monitor.corpus import Example
 from monitor.encoding import normalise_text
+from monitor.errors import ConfigError
 
 # ---------------------------------------------------------------- duplicates and splits
 
@@ -178,7 +179,7 @@ def split_examples(examples: Sequence[Example], *, seed: int, val_fraction: floa
     Each split keeps the input order.
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"fractions must be >= 0 and sum below 1, got val={val_fraction}, test={test_fraction}")
+        raise ConfigError(f"fractions must be >= 0 and sum below 1, got val={val_fraction}, test={test_fraction}")
     kept, report = deduplicate(examples, near_duplicate_threshold=near_duplicate_threshold)
     by_label: dict[str, list[int]] = defaultdict(list)
     for i, example in enumerate(kept):

@@ -39,3 +39,45 @@ def test_the_worker_supervisor_gives_up_on_a_configuration_error_instead_of_rest
     assert result.returncode == 78  # EX_CONFIG, passed on from the role process
     assert "no trained model configured" in result.stderr
     assert "cannot start with this configuration" in result.stdout
+
+
+def _monitor(args: list[str], tmp_path):  # noqa: ANN001, ANN202
+    """``monitor ARGS`` through its console entry point, with no MONITOR_* setting but a data folder and database."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+    env.update({"MONITOR_DATA_DIR": str(tmp_path), "MONITOR_DATABASE__URL": f"sqlite:///{tmp_path / 'm.db'}"})
+    return subprocess.run([sys.executable, "-m", "monitor.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def _one_error_line(result) -> str:  # noqa: ANN001
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_replaying_into_the_live_run_is_one_line_before_any_model_loads(tmp_path):
+    result = _monitor(["replay", "--from", "2030-01-01T00:00:00Z", "--to", "2030-01-02T00:00:00Z", "--run", "live"],
+                      tmp_path)
+    assert "'live' is the live pipeline's run name" in _one_error_line(result)
+
+
+def test_an_unknown_ablation_variant_is_one_line(tmp_path):
+    import pytest
+
+    from monitor.training.wordnet import DEFAULT_PATH
+
+    if not DEFAULT_PATH.is_dir():
+        pytest.skip(f"WordNet is not installed in {DEFAULT_PATH} (the ablation builds its synonym source first)")
+    data = tmp_path / "data.tsv"
+    data.write_text("text\tlabel\n")
+    result = _monitor(["evaluate", "druglib_adverse", str(data), "--ablation", "--variants", "tfidf_lr,bogus",
+                       "--encoder", str(tmp_path), "--out", str(tmp_path / "out")], tmp_path)
+    line = _one_error_line(result)
+    assert "unknown ablation variants: ['bogus']" in line and "tfidf_lr" in line
+    assert not (tmp_path / "out").exists()

@@ -9,6 +9,8 @@ from typing import NamedTuple
 
 import pytest
 
+from monitor.errors import MonitorError
+
 from monitor.training.augment import (
     ALL_OPERATORS,
     OPERATORS,
@@ -239,9 +241,9 @@ def test_phrases_never_span_punctuation():
 def test_operators_are_switchable_by_name():
     assert set(ALL_OPERATORS) == set(OPERATORS) == {"char", "keyboard", "synonym", "contraction"}
     assert [op.name for op in select_operators(["keyboard", "char", "keyboard"])] == ["keyboard", "char"]
-    with pytest.raises(ValueError, match="known"):
+    with pytest.raises(MonitorError, match="known"):
         select_operators(["backtranslate"])
-    with pytest.raises(ValueError):
+    with pytest.raises(MonitorError):
         select_operators([])
 
 
@@ -273,7 +275,7 @@ def test_only_minority_classes_grow_by_copies_each():
     assert len({x.text for x in split + result.added}) == len(split) + len(result.added)
     only_ade = augment_minority(split, copies=1, seed=1, minority={"ade"}, synonyms=SYNONYMS)
     assert only_ade.made == {"ade": 3}
-    with pytest.raises(ValueError, match="'flu'"):
+    with pytest.raises(MonitorError, match="'flu'"):
         augment_minority(split, copies=1, seed=1, minority={"flu"})
 
 

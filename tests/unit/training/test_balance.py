@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from monitor.errors import DataError
+from monitor.errors import DataError, MonitorError
 from monitor.training.balance import class_weights, resample, resample_targets
 
 LABELS = ["a"] * 6 + ["b"] * 3 + ["c"]
@@ -62,9 +62,9 @@ def test_absent_or_unknown_classes_are_errors():
         class_weights(LABELS, ["a", "b", "c", "d"])
     with pytest.raises(DataError, match="'c'"):
         class_weights(LABELS, ["a", "b"])
-    with pytest.raises(ValueError, match="scheme"):
+    with pytest.raises(MonitorError, match="scheme"):
         class_weights(LABELS, ["a", "b", "c"], scheme="focal")
-    with pytest.raises(ValueError, match="beta"):
+    with pytest.raises(MonitorError, match="beta"):
         class_weights(LABELS, ["a", "b", "c"], scheme="effective_number", beta=1.0)
 
 
@@ -145,7 +145,7 @@ def test_resample_edge_cases():
     assert resample([], seed=0).examples == []
     single = split(a=3)
     assert resample(single, seed=0).examples == single
-    with pytest.raises(ValueError):
+    with pytest.raises(MonitorError):
         resample(single, seed=0, target_ratio=1.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(MonitorError):
         resample(single, seed=0, strategy="smote")

@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+from monitor.errors import MonitorError
+
 from monitor.evaluation import expected_calibration_error
 from monitor.model_card import softmax
 from monitor.training.calibrate import choose_threshold, fit_temperature, nll, tune_biases
@@ -47,7 +49,7 @@ def test_choose_threshold_caps_the_escalated_share():
     assert choose_threshold(conf, 0.0) == conf.min()
     assert (conf < choose_threshold(conf, 0.0)).sum() == 0
     assert choose_threshold(np.array([0.9, 0.9, 0.9, 0.9]), 0.5) == 0.9  # ties cannot be split
-    with pytest.raises(ValueError):
+    with pytest.raises(MonitorError):
         choose_threshold(conf, 1.5)
 
 
