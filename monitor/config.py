@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     FilePath,
     SecretStr,
+    ValidationError,
     field_serializer,
     field_validator,
     model_validator,
@@ -224,8 +225,14 @@ class ClassifierSettings(_Section):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     batch_size: int = Field(32, ge=1, le=4096, description="Posts per forward pass")
     max_length: int = Field(256, ge=8, le=8192, description="Tokens kept per post")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="Weights at inference: auto = bfloat16 on CUDA and on CPUs with native bf16, else float32"
+    dtype: Literal["auto", "float32", "bfloat16", "int8"] = Field(
+        "auto",
+        description="Weights at inference: auto = bfloat16 on CUDA; on a CPU the fastest of float32, bfloat16 and "
+        "(if `monitor models check-int8` passed) int8, timed at load; int8 = CPU only",
+    )
+    tuning_cache: Path | None = Field(
+        DEFAULT_CACHE_DIR / "cpu-tuning.json",
+        description="JSON file where dtype=auto keeps its CPU choice and timings, per machine and model",
     )
     overlap_tokenize: bool | None = Field(
         None, description="Tokenise the next batch while this one runs (unset = on for CUDA, off for CPU)"
@@ -465,3 +472,14 @@ def settings_table_markdown() -> str:
     lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
     lines += [f"| `{var}` | `{default}` | {desc} |" for var, default, desc in settings_reference()]
     return "\n".join(lines) + "\n"
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per bad setting, naming the environment variable that sets it."""
+    lines = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        var = env_name(loc[0], "__".join(loc[1:])) if len(loc) > 1 else env_name(None, loc[0] if loc else "?")
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"invalid setting {var}: {message}")
+    return "; ".join(lines)
