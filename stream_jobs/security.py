@@ -1,6 +1,6 @@
 """Kafka security settings as Faust ``broker_credentials`` (aiokafka): TLS context, SASL PLAIN/SCRAM.
 
-The kafka-python clients get the same settings from ``monitor.kafka_security``; both verify the
+The kafka-python clients get the same settings from ``monitor.kafka.security``; both verify the
 broker's certificate against ``ssl_cafile`` (else the system trust store) and check its host name
 unless told not to.
 """

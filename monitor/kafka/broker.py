@@ -15,8 +15,8 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from monitor.config import KafkaSettings
 from monitor.errors import BrokerError
-from monitor.kafka_security import client_options, describe
-from monitor.topology import TopicSpec
+from monitor.kafka.security import client_options, describe
+from monitor.kafka.topology import TopicSpec
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from monitor import broker
+from monitor.kafka import broker
 from monitor.config import DatabaseSettings, Settings
 from monitor.errors import MonitorError
 from monitor.services import process
 from monitor.services.kafka import LocalKafka
 from monitor.services.postgres import LocalPostgres
 from monitor.storage.session import create_db_engine, ping
-from monitor.topology import topic_specs
+from monitor.kafka.topology import topic_specs
 
 Service = Literal["kafka", "postgres"]
 ALL: tuple[Service, ...] = ("kafka", "postgres")

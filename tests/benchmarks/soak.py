@@ -221,7 +221,7 @@ class LagMeter(threading.Thread):
         self.latest: tuple[float, dict[str, int | None]] = (0.0, dict.fromkeys(groups))
 
     def measure(self) -> dict[str, int | None]:
-        from monitor import broker
+        from monitor.kafka import broker
         from monitor.errors import MonitorError
 
         lags: dict[str, int | None] = {}
@@ -347,7 +347,7 @@ def redeliver(soak: Soak, settings) -> str:  # noqa: ANN001
     reverse order) and the prediction and explanation records already consumed for them."""
     from kafka import KafkaProducer
 
-    from monitor import broker
+    from monitor.kafka import broker
 
     now = time.time()
     sent = [(pid, value, at) for pid, value, at in list(soak.feed.recent) if pid not in soak.feed.poison]
@@ -521,7 +521,7 @@ def check_rows(db: Database, feed: Feed, signal_labels: set[str]) -> dict:
 def locate_lost(settings, lost: list[str], t0: float) -> list[dict]:  # noqa: ANN001
     """Where the first lost posts are on the posts topic (partition, offset, seconds into the run), to
     set them beside the faults and the poison posts."""
-    from monitor import broker
+    from monitor.kafka import broker
 
     wanted = {pid.encode() for pid in lost[:100]}
     if not wanted:
@@ -533,7 +533,7 @@ def locate_lost(settings, lost: list[str], t0: float) -> list[dict]:  # noqa: AN
 
 
 def check_dead_letters(settings, feed: Feed) -> dict:  # noqa: ANN001
-    from monitor import broker
+    from monitor.kafka import broker
     from monitor.records import DeadLetter
 
     letters = [DeadLetter.from_bytes(r.value)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 
-from monitor import broker
+from monitor.kafka import broker
 from monitor.config import KafkaSettings
-from monitor.topology import TopicSpec
+from monitor.kafka.topology import TopicSpec
 
 
 

@@ -8,11 +8,11 @@ import uuid
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from monitor import broker
+from monitor.kafka import broker
 from monitor.config import KafkaSettings, Settings, TopicSettings
 from monitor.errors import BrokerError
 from monitor.services import local
-from monitor.topology import TopicSpec, topic_specs
+from monitor.kafka.topology import TopicSpec, topic_specs
 
 
 def _produce(kafka: KafkaSettings, topic: str, n: int, *, t0_ms: int) -> None:

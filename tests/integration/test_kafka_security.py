@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from monitor import broker
+from monitor.kafka import broker
 from monitor.config import KafkaSettings, Settings
 from monitor.errors import BrokerError
-from monitor.kafka_security import client_options
+from monitor.kafka.security import client_options
 from monitor.services import local
 from monitor.services.process import free_port
-from monitor.topology import TopicSpec
+from monitor.kafka.topology import TopicSpec
 
 pytestmark = pytest.mark.slow
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 
-from monitor import broker
+from monitor.kafka import broker
 from monitor.config import KafkaSettings
 from monitor.feed import timestamp_ms
 from monitor.records import decode_post, encode_post
-from monitor.topology import TopicSpec
+from monitor.kafka.topology import TopicSpec
 
 RMHD27 = Path("/work/shared/data/rmhd27/rmhd27_dev.csv")
 T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)

@@ -9,10 +9,10 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from pydantic import ValidationError
 
-from monitor.cli import describe_validation_error
+from monitor.config import describe_validation_error
 from monitor.config import KafkaSettings, Settings
 from monitor.errors import ConfigError
-from monitor.kafka_security import client_options, describe
+from monitor.kafka.security import client_options, describe
 from stream_jobs.app import create_app
 from stream_jobs.security import broker_credentials, ssl_context
 

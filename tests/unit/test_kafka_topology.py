@@ -1,5 +1,5 @@
 from monitor.config import KafkaSettings, TopicSettings
-from monitor.topology import topic_specs
+from monitor.kafka.topology import topic_specs
 
 
 def test_every_topic_has_explicit_partitions_and_retention():
