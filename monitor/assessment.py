@@ -16,9 +16,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from monitor.classifier import Classifier
 from monitor.evaluation import confusion_matrix, task_metric
-from monitor.explainer.llm import Explainer
+from monitor.inference import Classifier, Explainer
 from monitor.explainer.policy import Candidate, Policy, apply_verdict, select_for_explanation
 from monitor.records import Explanation
 from monitor.tasks import TaskDefinition
@@ -116,11 +115,11 @@ def assess(
     candidates = [Candidate(p, float(c)) for p, c in zip(predicted, probs.max(axis=1), strict=True)]
     chosen = select_for_explanation(candidates, policy, threshold=classifier.card.escalation_threshold,
                                     signal_labels=task.signal_labels)
-    hits_before = explainer.cache.hits if explainer.cache else 0
+    hits_before = explainer.cache_hits
     results: dict[int, Explanation] = {}
     # As many at once as the explainer has contexts (ExplainerPool), so explanations/s is what a worker gets.
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=getattr(explainer, "parallel", 1), thread_name_prefix="assess") as pool:
+    with ThreadPoolExecutor(max_workers=explainer.parallel, thread_name_prefix="assess") as pool:
         futures = {pool.submit(explainer.explain, task, texts[i], predicted[i]): i for i in chosen}
         for n, future in enumerate(as_completed(futures), 1):
             results[futures[future]] = future.result()
@@ -150,7 +149,7 @@ def assess(
         llm_accuracy_on_escalated=sum(llm_right) / len(llm_right) if llm_right else None,
         explanations_per_s=len(uncached) / spent if spent else 0.0,
         mean_latency_s=sum(e.latency_s for e in uncached) / len(uncached) if uncached else 0.0,
-        cache_hits=(explainer.cache.hits - hits_before) if explainer.cache else 0,
+        cache_hits=explainer.cache_hits - hits_before,
         allowed_mode=mode, why=why,
         examples=[{"text": texts[i][:300], "gold": gold[i], "predicted": predicted[i], "verdict": e.verdict,
                    "suggested": e.suggested_label, "evidence": e.evidence, "rationale": e.rationale,

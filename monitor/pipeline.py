@@ -2,8 +2,9 @@
 
 `monitor classify FILE` runs ``process_batch`` in one process; the Faust agents run the same steps
 one per role (``classify_batch`` -> ``explain_case`` -> ``persist``), passing ``Case`` and
-``Decision`` records between them over Kafka. Writes are idempotent, so at-least-once delivery
-gives exactly one row per (post, task, model version, run).
+``Decision`` records (``monitor.cases``) between them over Kafka. Writes are idempotent, so
+at-least-once delivery gives exactly one row per (post, task, model version, run). The classifier
+and the explainer are the Protocols of ``monitor.inference``: this module never imports torch.
 """
 
 from __future__ import annotations
@@ -13,63 +14,20 @@ from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor import telemetry
-from monitor.assessment import allowed_mode
-from monitor.classifier import Classifier
-from monitor.config import ClassifierSettings, ExplainerSettings
-from monitor.errors import ConfigError
-from monitor.explainer.llm import Explainer
-from monitor.explainer.policy import (
-    Candidate,
-    ExplanationBudget,
-    Mode,
-    Policy,
-    apply_verdict,
-    escalation_reason,
-)
+from monitor.cases import Case, Decision
+from monitor.explainer.policy import Candidate, ExplanationBudget, Policy, apply_verdict, escalation_reason
 from monitor.explainer.prompts import prompt_version
+from monitor.inference import Classifier, Explainer
 from monitor.records import Explanation, Post, Prediction
+from monitor.runtime import Runtime, TaskModel
 from monitor.storage import repository
 from monitor.storage.session import transaction
 from monitor.storage.tables import LIVE_RUN
-from monitor.tasks import TaskDefinition, load_task
-
-
-class Case(BaseModel):
-    """One post's prediction for one task, and why (if at all) it goes to the explainer."""
-
-    model_config = ConfigDict(frozen=True)
-
-    post: Post
-    prediction: Prediction
-    escalation: str | None = None
-    classified_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
-    received_at: datetime | None = Field(None, description="when the post arrived on the posts topic")
-
-
-class Decision(BaseModel):
-    """The final label of a case, who decided it, and the explanation when there is one."""
-
-    model_config = ConfigDict(frozen=True)
-
-    case: Case
-    final_label: str
-    decided_by: str
-    is_signal: bool
-    explanation: Explanation | None = None
-
-
-@dataclass(frozen=True)
-class TaskModel:
-    task: TaskDefinition
-    classifier: Classifier
-    mode: Mode
-    mode_why: str
+from monitor.tasks import TaskDefinition
 
 
 @dataclass
@@ -93,27 +51,9 @@ class BatchResult:
             self.rows[table] = self.rows.get(table, 0) + count
 
 
-def load_task_models(folders: Sequence[Path], settings: ClassifierSettings, *,
-                     explainer: Explainer | None) -> list[TaskModel]:
-    """Each trained model with its task and the explainer mode its measurement allows."""
-    if not folders:
-        raise ConfigError("no trained model configured: set MONITOR_CLASSIFIER__MODELS (train one with `monitor train`)")
-    models = []
-    for folder in folders:
-        classifier = Classifier.load(folder, settings)
-        task = load_task(classifier.card.training.get("task_source", classifier.card.task))
-        mode, why = ("explain", "no explainer") if explainer is None else allowed_mode(
-            folder, explainer.model_name, prompt_version(task))
-        models.append(TaskModel(task, classifier, mode, why))  # type: ignore[arg-type]
-    tasks = [m.task.name for m in models]
-    if len(set(tasks)) != len(tasks):
-        raise ConfigError(f"two configured models are for the same task: {tasks}")
-    return models
-
-
-def classify_batch(posts: Sequence[Post], models: Sequence[TaskModel], policy: Policy,
-                   *, received_at: Sequence[datetime | None] | None = None) -> list[Case]:
-    """Every model on the whole batch; the policy picks which predictions to escalate (per task)."""
+def classify_batch(posts: Sequence[Post], models: Sequence[TaskModel], classifiers: Mapping[str, Classifier],
+                   policy: Policy, *, received_at: Sequence[datetime | None] | None = None) -> list[Case]:
+    """Every model on the whole batch, task after task; the policy picks which predictions to escalate."""
     cases: list[Case] = []
     texts = [p.text for p in posts]
     arrived = list(received_at) if received_at is not None else [None] * len(posts)
@@ -121,13 +61,14 @@ def classify_batch(posts: Sequence[Post], models: Sequence[TaskModel], policy: P
         telemetry.BATCH_SIZE.observe(len(posts))
     for model in models:
         task = model.task.name
+        classifier = classifiers[task]
         started = time.perf_counter()
-        probs = model.classifier.predict_proba(texts)
+        probs = classifier.predict_proba(texts)
         telemetry.INFERENCE_SECONDS.labels(task).observe(time.perf_counter() - started)
-        labels = model.classifier.labels
+        labels = classifier.labels
         best = probs.argmax(axis=1)
         candidates = [Candidate(labels[i], float(probs[row, i])) for row, i in enumerate(best)]
-        threshold = policy.threshold if policy.threshold is not None else model.classifier.card.escalation_threshold
+        threshold = policy.threshold if policy.threshold is not None else classifier.card.escalation_threshold
         for row, post in enumerate(posts):
             # The post's own prediction decides, never its batch mates: a redelivered post gets the
             # same decision whatever batch it lands in (the share of escalations is bounded by the
@@ -136,7 +77,7 @@ def classify_batch(posts: Sequence[Post], models: Sequence[TaskModel], policy: P
                                        signal_labels=model.task.signal_labels)
             prediction = Prediction(
                 post_id=post.id, source=post.source, task=task,
-                model_version=model.classifier.model_version, label=candidates[row].label,
+                model_version=classifier.model_version, label=candidates[row].label,
                 probabilities={label: float(p) for label, p in zip(labels, probs[row], strict=True)},
                 confidence=candidates[row].confidence, escalated=reason is not None,
             )
@@ -144,7 +85,7 @@ def classify_batch(posts: Sequence[Post], models: Sequence[TaskModel], policy: P
             if reason is not None:
                 telemetry.ESCALATIONS.labels(task, reason).inc()
             cases.append(Case(post=post, prediction=prediction, escalation=reason, received_at=arrived[row]))
-        telemetry.record_gpu_memory(model.classifier.device)
+        telemetry.record_gpu_memory(classifier.device, classifier.device_memory_bytes())
     return cases
 
 
@@ -283,35 +224,22 @@ def write(factory: sessionmaker[Session], cases: Sequence[Case], decisions: Sequ
     return result
 
 
-def signal_labels_of(models: Sequence[TaskModel]) -> dict[str, frozenset[str]]:
-    """Each task's health-signal labels: what ``persist`` needs to know of the models."""
-    return {m.task.name: frozenset(m.task.signal_labels) for m in models}
-
-
-def process_batch(
-    posts: Sequence[Post],
-    models: Sequence[TaskModel],
-    explainer: Explainer | None,
-    factory: sessionmaker[Session] | None,
-    *,
-    policy: Policy,
-    budget: ExplanationBudget | None,
-    author_key: bytes,
-    run: str = LIVE_RUN,
-) -> BatchResult:
-    """All stages in one process: the file mode and replays use this; the agents use its parts."""
-    by_task = {m.task.name: m for m in models}
-    cases = classify_batch(posts, models, policy)
+def process_batch(posts: Sequence[Post], runtime: Runtime, *, run: str = LIVE_RUN) -> BatchResult:
+    """All stages in one process (the roles ``runtime`` was built for): the file mode and replays use
+    this; the agents use its parts. Without an explainer nothing is escalated; without a database
+    nothing is stored."""
+    by_task, explainer = runtime.models, runtime.explainer
+    cases = classify_batch(posts, runtime.task_models, runtime.classifiers, runtime.policy)
     if explainer is None:  # nothing will explain them: stored as decided by the classifier, not as escalated
         cases = [c if c.escalation is None else c.model_copy(update={
             "escalation": None, "prediction": c.prediction.model_copy(update={"escalated": False})}) for c in cases]
     escalated = [i for i, case in enumerate(cases) if case.escalation is not None]
     explained: dict[int, Decision] = {}
-    if escalated:
+    if explainer is not None and escalated:
         # As many at once as the explainer has llama.cpp contexts (ExplainerPool); order is kept.
-        with ThreadPoolExecutor(max_workers=getattr(explainer, "parallel", 1), thread_name_prefix="explain") as pool:
-            done = pool.map(lambda i: explain_case(cases[i], by_task[cases[i].prediction.task], explainer, budget),
-                            escalated)
+        with ThreadPoolExecutor(max_workers=explainer.parallel, thread_name_prefix="explain") as pool:
+            done = pool.map(lambda i: explain_case(cases[i], by_task[cases[i].prediction.task], explainer,
+                                                   runtime.budget), escalated)
             explained = dict(zip(escalated, done, strict=True))
     decisions = [explained[i] if i in explained else decide_by_classifier(case, by_task[case.prediction.task].task)
                  for i, case in enumerate(cases)]
@@ -325,14 +253,9 @@ def process_batch(
             result.unverified += verdict == "unverified"
         result.flipped += d.final_label != d.case.prediction.label
         result.signals += d.is_signal
-    if factory is not None:
+    if runtime.factory is not None:
         started = time.perf_counter()
-        result.rows = write(factory, [], decisions, author_key=author_key, signal_labels=signal_labels_of(models),
-                            run=run).rows
+        result.rows = write(runtime.factory, [], decisions, author_key=runtime.author_key,
+                            signal_labels=runtime.signal_labels(), run=run).rows
         result.rows["write_ms"] = int((time.perf_counter() - started) * 1000)
     return result
-
-
-def policy_from_settings(settings: ExplainerSettings) -> Policy:
-    return Policy(mode="explain", below_threshold=settings.below_threshold, verify_signals=settings.verify_signals,
-                  threshold=settings.confidence_threshold)

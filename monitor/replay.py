@@ -9,25 +9,24 @@ with ``run=NAME``, and summarised (throughput, escalations, flips, task metrics 
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from monitor import broker
-from monitor.config import KafkaSettings
+from monitor.kafka import broker
+from monitor.errors import ConfigError
 from monitor.evaluation import confusion_matrix, task_metric
-from monitor.explainer.policy import ExplanationBudget, Policy
-from monitor.pipeline import BatchResult, TaskModel, process_batch
+from monitor.pipeline import BatchResult, process_batch
 from monitor.records import RecordError, decode_post
+from monitor.runtime import Runtime, TaskModel
+from monitor.storage import runs
+from monitor.storage.queries import stored_posts
 from monitor.storage.session import transaction
-from monitor.storage.tables import Post as PostRow
-from monitor.storage.tables import Prediction, ReplayRun, Signal
-from monitor.storage.tables import Explanation as ExplanationRow
+from monitor.storage.tables import LIVE_RUN
 
 
 @dataclass
@@ -65,32 +64,27 @@ def _metrics(models: Sequence[TaskModel], gold: dict[str, list[str]], pred: dict
     return out
 
 
-def replay(
-    kafka: KafkaSettings,
-    topic: str,
-    start: datetime,
-    end: datetime,
-    *,
-    run: str,
-    models: Sequence[TaskModel],
-    explainer: Any,
-    factory: sessionmaker[Session],
-    policy: Policy,
-    budget: ExplanationBudget | None,
-    author_key: bytes,
-    batch_size: int = 64,
-    model_paths: Sequence[str] = (),
-) -> ReplayReport:
-    """Run the records of [start, end) through the pipeline under ``run``; record and return the report."""
-    if run == "live":
-        raise ValueError("'live' is the live pipeline's run name; choose another for a replay")
+def check_run_name(run: str) -> None:
+    """Refuse the live pipeline's run name: a replay must never mix its results into the live ones."""
+    if run == LIVE_RUN:
+        raise ConfigError(f"{LIVE_RUN!r} is the live pipeline's run name; choose another for a replay")
+
+
+def replay(runtime: Runtime, topic: str, start: datetime, end: datetime, *, run: str,
+           batch_size: int = 64) -> ReplayReport:
+    """Run the records of [start, end) through the pipeline under ``run`` with ``runtime``'s models,
+    explainer and policy (a runtime with the classify and persist roles); record and return the report."""
+    models, factory, policy = runtime.task_models, runtime.factory, runtime.policy
+    if factory is None:
+        raise ConfigError("a replay stores its results: build its runtime with the persist role")
+    model_paths = [str(m.folder) for m in models]
+    check_run_name(run)
     report = ReplayReport(run, topic, start.isoformat(), end.isoformat())
     with transaction(factory) as session:
-        if session.scalar(select(ReplayRun.id).where(ReplayRun.name == run)) is not None:
-            raise ValueError(f"a replay run named {run!r} exists already; choose another name")
-        session.add(ReplayRun(name=run, topic=topic, from_ts=start, to_ts=end, model_path=",".join(model_paths),
-                              model_version=",".join(m.classifier.model_version for m in models),
-                              policy=asdict(policy), status="running"))
+        if runs.replay_run_exists(session, run):
+            raise ConfigError(f"a replay run named {run!r} exists already; choose another name")
+        runs.start_replay_run(session, run, topic=topic, start=start, end=end, model_paths=model_paths,
+                              model_versions=[m.card.model_version for m in models], policy=asdict(policy))
     totals = BatchResult()
     gold: dict[str, list[str]] = defaultdict(list)
     pred: dict[str, list[str]] = defaultdict(list)
@@ -98,8 +92,7 @@ def replay(
     batch = []
 
     def flush() -> None:
-        result = process_batch(batch, models, explainer, factory, policy=policy, budget=budget,
-                               author_key=author_key, run=run)
+        result = process_batch(batch, runtime, run=run)
         totals.add(result)
         for d in result.decisions:
             task = d.case.prediction.task
@@ -111,7 +104,7 @@ def replay(
 
     status = "failed"
     try:
-        for record in broker.records_between(kafka, topic, int(start.timestamp() * 1000), int(end.timestamp() * 1000)):
+        for record in broker.records_between(runtime.settings.kafka, topic, int(start.timestamp() * 1000), int(end.timestamp() * 1000)):
             report.records += 1
             try:
                 batch.append(decode_post(record.value or b"",
@@ -130,8 +123,7 @@ def replay(
                                                           "over_budget", "unverified", "flipped", "signals")}
         report.metrics = _metrics(models, gold, pred)
         with transaction(factory) as session:
-            row = session.scalars(select(ReplayRun).where(ReplayRun.name == run)).one()
-            row.status, row.finished_at, row.report = status, datetime.now(UTC), report.as_dict()
+            runs.finish_replay_run(session, run, status=status, report=report.as_dict())
     return report
 
 
@@ -151,23 +143,15 @@ class Comparison:
 def compare_runs(factory: sessionmaker[Session], run_a: str, run_b: str, *, limit: int = 20) -> Comparison:
     """Which posts got a different label in ``run_b`` than in ``run_a`` (per task), and signal counts."""
     with transaction(factory) as session:
-        def labels(run: str) -> dict[tuple[int, str], tuple[str, float]]:
-            rows = session.execute(select(Prediction.post_id, Prediction.task, Prediction.label,
-                                          Prediction.confidence).where(Prediction.run == run))
-            return {(post, task): (label, conf) for post, task, label, conf in rows}
-
-        a, b = labels(run_a), labels(run_b)
+        a, b = runs.run_labels(session, run_a), runs.run_labels(session, run_b)
         common = a.keys() & b.keys()
-        changed_keys = sorted(k for k in common if a[k][0] != b[k][0])
-        texts = dict(session.execute(select(PostRow.id, PostRow.text).where(
-            PostRow.id.in_([k[0] for k in changed_keys[:limit]]))).tuples().all()) if changed_keys else {}
-        signals = {}
-        for run in (run_a, run_b):
-            for task, count in Counter(session.scalars(select(Signal.task).where(Signal.run == run))).items():
-                pair = signals.get(task, (0, 0))
-                signals[task] = (count, pair[1]) if run == run_a else (pair[0], count)
-        reports = tuple(session.scalar(select(ReplayRun.report).where(ReplayRun.name == r)) for r in (run_a, run_b))
-        explained = set(session.scalars(select(ExplanationRow.post_id).where(ExplanationRow.run == run_b)))
+        changed_keys = sorted(k for k in common if a[k].label != b[k].label)
+        posts = stored_posts(session, [k[0] for k in changed_keys[:limit]])
+        counts = (runs.signal_counts(session, run_a), runs.signal_counts(session, run_b))
+        reports = (runs.replay_report(session, run_a), runs.replay_report(session, run_b))
+        explained = runs.explained_post_ids(session, run_b)
+    signals = {task: (counts[0].get(task, 0), counts[1].get(task, 0)) for task in {**counts[0], **counts[1]}}
+    texts = {pk: post.text for pk, post in posts.items()}
     changed = [{"post_id": k[0], "task": k[1], run_a: a[k][0], run_b: b[k][0],
                 "confidence_b": round(b[k][1], 4), "explained_b": k[0] in explained, "text": texts.get(k[0], "")[:200]}
                for k in changed_keys[:limit]]

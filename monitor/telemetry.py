@@ -241,12 +241,12 @@ def mark_process_dead(pid: int, folder: Path) -> None:
 
 # -- recording helpers: one call per pipeline event, so the agents stay short --------------------------
 
-def record_models(models: Iterable, role: str) -> None:  # noqa: ANN001 - TaskModel (no import cycle)
+def record_models(models: Iterable, role: str) -> None:  # noqa: ANN001 - runtime.TaskModel (no import cycle)
     for m in models:
-        MODEL_INFO.labels(m.task.name, m.classifier.model_version, role).set(1)
-        counts = (m.classifier.card.data.get("label_counts") or {}).get("test") or {}
+        MODEL_INFO.labels(m.task.name, m.card.model_version, role).set(1)
+        counts = (m.card.data.get("label_counts") or {}).get("test") or {}
         total = sum(counts.values())
-        for label in m.classifier.labels:
+        for label in m.card.labels:
             LABEL_SHARE_EXPECTED.labels(m.task.name, label).set(counts.get(label, 0) / total if total else 0.0)
 
 
@@ -257,12 +257,10 @@ def record_label_mix(task: str, shares: Mapping[str, float], mean_confidence: fl
         MEAN_CONFIDENCE.labels(task).set(mean_confidence)
 
 
-def record_gpu_memory(device: str) -> None:
-    if not device.startswith("cuda"):
-        return
-    import torch
-
-    GPU_MEMORY.labels(device).set(torch.cuda.memory_allocated(device))
+def record_gpu_memory(device: str, allocated_bytes: int | None) -> None:
+    """What the classifier on ``device`` holds in accelerator memory (nothing to record on a CPU)."""
+    if allocated_bytes is not None:
+        GPU_MEMORY.labels(device).set(allocated_bytes)
 
 
 def sample_sum(exposition: str, name: str, **labels: str) -> float:

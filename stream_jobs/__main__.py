@@ -25,8 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from faust import Worker
 
     from monitor import telemetry
-    from monitor.cli import describe_validation_error
-    from monitor.config import Settings
+    from monitor.config import Settings, describe_validation_error
     from monitor.health import HealthReporter, process_probes
     from stream_jobs.app import build_worker
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import faust
 
 from monitor import telemetry
-from monitor.broker import group_positions
+from monitor.kafka.broker import group_positions
 from monitor.config import Settings, parse_bootstrap
 from monitor.faults import StallWatchdog
 from monitor.health import HealthReporter

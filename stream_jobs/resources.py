@@ -1,5 +1,5 @@
-"""What a worker builds once at start: models, explainer, sessionmaker, policy, budget, a thread pool,
-and the health reporter and fault plan its stages share."""
+"""What a worker builds once at start: the ``Runtime`` of its roles (models, classifiers, explainer,
+database, policy, budget), a thread pool, and the health reporter and fault plan its stages share."""
 
 from __future__ import annotations
 
@@ -11,18 +11,19 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from monitor import telemetry
 from monitor.config import Settings
 from monitor.drift import LabelWindow
-from monitor.explainer.policy import ExplanationBudget, Policy
 from monitor.faults import FaultPlan
 from monitor.health import HealthReporter
-from monitor.pipeline import TaskModel, load_task_models, policy_from_settings
-from monitor.privacy import load_author_key
+from monitor.runtime import ROLES, Runtime
 
-ROLES = ("classify", "explain", "persist")
+if TYPE_CHECKING:
+    from stream_jobs.batches import StageRunner
+
+__all__ = ["ROLES", "Resources", "build_resources"]
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Resources:
     settings: Settings
-    models: dict[str, TaskModel]
-    explainer: Any
-    factory: Any
-    policy: Policy
-    budget: ExplanationBudget | None
-    author_key: bytes
+    runtime: Runtime
     # Blocking work (torch, llama.cpp, the database) runs here, never on the event loop.
     executor: ThreadPoolExecutor
     health: HealthReporter
@@ -59,7 +55,7 @@ class Resources:
             telemetry.ERRORS.labels(stage, type(exc).__name__).inc()
             raise
 
-    def runner(self, agent: str, stage: str, dead_letter: Any) -> Any:
+    def runner(self, agent: str, stage: str, dead_letter: Any) -> StageRunner:
         """The ``StageRunner`` that settles the batches of one agent (see ``stream_jobs.batches``)."""
         from stream_jobs.batches import StageRunner
 
@@ -86,42 +82,20 @@ class Resources:
         for task, predictions in by_task.items():
             window = self.windows.get(task)
             if window is None:
-                labels = self.models[task].classifier.labels if task in self.models else ()
+                model = self.runtime.models.get(task)
+                labels = model.labels if model is not None else ()
                 window = self.windows[task] = LabelWindow(labels, size=self.settings.metrics.label_window)
             window.add(predictions)
             telemetry.record_label_mix(task, window.shares(), window.mean_confidence())
 
 
 def build_resources(settings: Settings, roles: tuple[str, ...], *, health: HealthReporter | None = None) -> Resources:
-    explainer = None
-    if "explain" in roles:
-        from monitor.explainer.llm import ExplainerPool, ExplanationCache
-        from monitor.models import default_gguf_path
-
-        cache = ExplanationCache(settings.data_dir / "explanations.sqlite") if settings.explainer.cache else None
-        explainer = ExplainerPool.load(settings.explainer.model_path or default_gguf_path(), settings.explainer,
-                                        cache=cache)
-    models = load_task_models(list(settings.classifier.models), settings.classifier, explainer=explainer)
-    if explainer is not None:  # the prompt prefixes now, not on the first escalations
-        explainer.warm([m.task for m in models])
-    factory = None
-    if "persist" in roles:
-        from monitor.storage import migrations
-        from monitor.storage.session import create_db_engine, make_sessionmaker
-
-        migrations.require_head(settings.database)
-        factory = make_sessionmaker(create_db_engine(settings.database))
+    runtime = Runtime.build(settings, roles)
     for role in roles:
-        telemetry.record_models(models, role)
-    key = settings.privacy.author_key
+        telemetry.record_models(runtime.task_models, role)
     return Resources(
         settings=settings,
-        models={m.task.name: m for m in models},
-        explainer=explainer,
-        factory=factory,
-        policy=policy_from_settings(settings.explainer),
-        budget=ExplanationBudget(settings.explainer.budget_per_s) if explainer is not None else None,
-        author_key=load_author_key(key.get_secret_value() if key else None, settings.data_dir / "author.key"),
+        runtime=runtime,
         executor=ThreadPoolExecutor(max_workers=max(2, settings.explainer.n_parallel + 1),
                                     thread_name_prefix="monitor-worker"),
         health=health or HealthReporter(None, "+".join(roles)),

@@ -19,7 +19,7 @@ from monitor.cli.replay import replay
 from monitor.cli.train import train
 from monitor.cli.worker import worker
 from monitor.cli.context import State
-from monitor.config import Settings, env_name
+from monitor.config import Settings, describe_validation_error
 from monitor.errors import ConfigError, MonitorError
 
 err_console = Console(stderr=True)
@@ -47,17 +47,6 @@ app.add_typer(services.app, name="services")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(models.app, name="models")
 app.add_typer(signals.app, name="signals")
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line per bad setting, naming the environment variable that sets it."""
-    lines = []
-    for error in exc.errors():
-        loc = [str(part) for part in error["loc"]]
-        var = env_name(loc[0], "__".join(loc[1:])) if len(loc) > 1 else env_name(None, loc[0] if loc else "?")
-        message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"invalid setting {var}: {message}")
-    return "; ".join(lines)
 
 
 def load_settings() -> Settings:

@@ -14,21 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from monitor.cli.context import settings_of
-from monitor.config import Settings
 
 console = Console()
-
-
-def prepare_database(settings: Settings):  # noqa: ANN201 - a sessionmaker
-    """The embedded SQLite default is migrated on first use; a server database must be migrated by hand."""
-    from monitor.storage import migrations
-    from monitor.storage.session import create_db_engine, make_sessionmaker
-
-    if settings.database.url.startswith("sqlite"):
-        migrations.upgrade(settings.database)
-    else:
-        migrations.require_head(settings.database)
-    return make_sessionmaker(create_db_engine(settings.database))
 
 
 def classify(
@@ -45,25 +32,15 @@ def classify(
     skip_bad_rows: bool = typer.Option(False, help="Skip (and count) malformed records instead of failing"),
 ) -> None:
     """Classify, escalate, explain and persist the posts of FILE with the same code the stream runs."""
-    from monitor.explainer.policy import ExplanationBudget
     from monitor.feed import posts_from_file
-    from monitor.pipeline import BatchResult, load_task_models, policy_from_settings, process_batch
-    from monitor.privacy import load_author_key
+    from monitor.pipeline import BatchResult, process_batch
+    from monitor.runtime import Runtime
     from monitor.tasks import load_task
 
     settings = settings_of(ctx)
-    explainer = None
-    if explain:
-        from monitor.cli.explain import load_explainer
-
-        explainer = load_explainer(settings, None)
-    models = load_task_models(model or list(settings.classifier.models), settings.classifier, explainer=explainer)
-    factory = prepare_database(settings) if store else None
-    author_key = load_author_key(
-        settings.privacy.author_key.get_secret_value() if settings.privacy.author_key else None,
-        settings.data_dir / "author.key")
-    policy = policy_from_settings(settings.explainer)
-    budget = ExplanationBudget(settings.explainer.budget_per_s) if explainer is not None else None
+    roles = ["classify", *(["explain"] if explain else []), *(["persist"] if store else [])]
+    # The embedded SQLite default is migrated on first use; a server database must be migrated by hand.
+    runtime = Runtime.build(settings, roles, folders=model or None, migration="migrate")
     posts = posts_from_file(file, task=load_task(task) if task else None, skip_bad_rows=skip_bad_rows)
     if limit:
         posts = islice(posts, limit)
@@ -77,8 +54,7 @@ def classify(
         with progress:
             job = progress.add_task("classifying", total=None)
             while batch := list(islice(posts, batch_size)):
-                result = process_batch(batch, models, explainer, factory, policy=policy, budget=budget,
-                                       author_key=author_key, run=run)
+                result = process_batch(batch, runtime, run=run)
                 total.add(result)
                 for d in result.decisions:
                     signals[d.case.prediction.task] += d.is_signal
@@ -104,8 +80,8 @@ def classify(
     table.add_row("escalated / explained / unverified / over budget",
                   f"{total.escalated} / {total.explained} / {total.unverified} / {total.over_budget}")
     table.add_row("flipped by the explainer", str(total.flipped))
-    for model_ in models:
+    for model_ in runtime.task_models:
         table.add_row(f"signals: {model_.task.name}", f"{signals[model_.task.name]} (explainer mode {model_.mode})")
-    if factory is not None:
+    if runtime.factory is not None:
         table.add_row("rows inserted", ", ".join(f"{k} {v}" for k, v in total.rows.items() if k != "write_ms"))
     console.print(table)

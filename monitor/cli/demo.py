@@ -10,6 +10,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -20,6 +21,9 @@ from monitor.cli.context import settings_of
 from monitor.config import Settings
 from monitor.errors import MonitorError
 from monitor.services import process
+
+if TYPE_CHECKING:
+    from monitor.storage.queries import ExplainedExample
 
 console = Console()
 SAMPLE = Path(__file__).resolve().parents[1] / "demo_data" / "druglib_sample.tsv"
@@ -51,43 +55,19 @@ def demo_model(settings: Settings, *, retrain: bool) -> Path:
 
 
 def _counts(factory, source: str) -> dict[str, int]:  # noqa: ANN001
-    from sqlalchemy import func, select
-
+    from monitor.storage.queries import source_counts
     from monitor.storage.session import transaction
-    from monitor.storage.tables import Explanation, Post, Prediction, Signal
 
     with transaction(factory) as session:
-        def count(table, *where) -> int:  # noqa: ANN001
-            query = select(func.count()).select_from(table).join(Post, Post.id == table.post_id) if table is not Post \
-                else select(func.count()).select_from(Post)
-            return session.scalar(query.where(Post.source == source, *where)) or 0
-
-        return {
-            "posts": count(Post),
-            "predictions": count(Prediction),
-            "escalated": count(Prediction, Prediction.escalated),
-            "explanations": count(Explanation),
-            "flipped": count(Explanation, Explanation.final_label != Explanation.predicted_label),
-            "over_budget": count(Explanation, Explanation.verdict == "over_budget"),
-            "unverified": count(Explanation, Explanation.verdict == "unverified"),
-            "signals": count(Signal),
-        }
+        return source_counts(session, source)
 
 
-def _examples(factory, source: str, n: int = 3) -> list[tuple]:  # noqa: ANN001
-    from sqlalchemy import select
-
+def _examples(factory, source: str, n: int = 3) -> list[ExplainedExample]:  # noqa: ANN001
+    from monitor.storage.queries import explained_examples
     from monitor.storage.session import transaction
-    from monitor.storage.tables import Explanation, Post
 
     with transaction(factory) as session:
-        rows = session.execute(
-            select(Post.text, Explanation.predicted_label, Explanation.verdict, Explanation.suggested_label,
-                   Explanation.final_label, Explanation.evidence, Explanation.rationale)
-            .join(Post, Post.id == Explanation.post_id)
-            .where(Post.source == source, Explanation.verdict.in_(("confirm", "reject"))).limit(n)
-        ).all()
-    return [tuple(r) for r in rows]
+        return explained_examples(session, source, limit=n)
 
 
 def demo(
@@ -97,13 +77,12 @@ def demo(
     timeout: float = typer.Option(900, help="Give up waiting for the workers after this many seconds"),
 ) -> None:
     """The whole monitor on one machine, on the shipped sample: services, model, workers, stream, summary."""
-    from monitor.cli.produce import Compression, Tally, open_producer, send_posts
+    from monitor.kafka.producer import Compression, Tally, open_producer, send_posts
     from monitor.feed import posts_from_file, shift_times
     from monitor.services import local
     from monitor.storage import migrations
-    from monitor.storage.session import create_db_engine, make_sessionmaker
+    from monitor.storage.session import create_db_engine, display_url, make_sessionmaker
     from monitor.tasks import load_task
-    from sqlalchemy.engine import make_url
 
     settings = settings_of(ctx)
     database = settings.database  # the embedded SQLite default, or the configured server
@@ -137,7 +116,7 @@ def demo(
             producer = open_producer(settings.kafka, Compression.none)
             tally = Tally()
             send_posts(producer, settings.topics.posts, sample, tally, rate=None, skip_future=True,
-                       progress=progress, job=job)
+                       on_progress=lambda sent, speed: progress.update(job, completed=sent, speed=speed))
             producer.close()
             stored = progress.add_task("stored by the workers", total=len(sample), speed="")
             while True:
@@ -165,6 +144,6 @@ def demo(
         console.print(f"[dim]{text[:140]}...[/]\n  classifier [bold]{predicted}[/]; LLM {verdict} ({suggested}): "
                       f"\"{evidence[:100]}\" - {rationale}; final [bold]{final}[/]")
     factory.kw["bind"].dispose()
-    where = make_url(database.url).render_as_string(hide_password=True)
+    where = display_url(database.url)
     console.print(f"rows: {where} (posts with source {source}); worker log: {log_path}; "
                   "spike alerts: `monitor signals`; stop the broker with `monitor services down`")

@@ -72,7 +72,7 @@ def evaluate(
         console.print(f"written: {target}/ablation.md, ablation.json, ablation.png")
         return
 
-    from monitor.classifier import Classifier
+    from monitor.classifier import EncoderClassifier
     from monitor.evaluation import plot_confusion, plot_precision_recall, plot_reliability
     from monitor.model_card import read_card
     from monitor.models import file_sha256
@@ -99,7 +99,7 @@ def evaluate(
         if loaded.bad_rows:
             console.print(f"[yellow]skipped {len(loaded.bad_rows)} bad rows[/] (first: line "
                           f"{loaded.bad_rows[0].line}: {loaded.bad_rows[0].reason})")
-    classifier = Classifier.load(model, settings.classifier)
+    classifier = EncoderClassifier.load(model, settings.classifier)
     with console.status(f"classifying {len(rows)} posts ({which})..."):
         logits = classifier.logits([e.text for e in rows])
     probs = classifier.calibrate(logits)

@@ -27,15 +27,6 @@ def _model_dir(settings: Settings, model: Path | None) -> Path:
     return settings.classifier.models[0]
 
 
-def load_explainer(settings: Settings, gguf: Path | None):
-    from monitor.explainer.llm import ExplainerPool, ExplanationCache
-    from monitor.models import default_gguf_path
-
-    cache = ExplanationCache(settings.data_dir / "explanations.sqlite") if settings.explainer.cache else None
-    path = gguf or settings.explainer.model_path or default_gguf_path()
-    return ExplainerPool.load(path, settings.explainer, cache=cache)
-
-
 def explain(
     ctx: typer.Context,
     text: str = typer.Argument(..., help="The post's text"),
@@ -45,10 +36,9 @@ def explain(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a panel"),
 ) -> None:
     """Classify one post and have the LLM confirm or reject the label, with a short reason."""
-    from monitor.assessment import allowed_mode
-    from monitor.classifier import Classifier
     from monitor.explainer.policy import apply_verdict
     from monitor.model_card import read_card
+    from monitor.runtime import Runtime
     from monitor.tasks import load_task
 
     settings = settings_of(ctx)
@@ -57,13 +47,14 @@ def explain(
     definition = load_task(task or card.training.get("task_source", card.task))
     if definition.name != card.task:
         raise ConfigError(f"the model was trained for task {card.task}, not {definition.name}")
-    classifier = Classifier.load(folder, settings.classifier)
+    runtime = Runtime.build(settings, ["classify", "explain"], folders=[folder], gguf=gguf)
+    classifier, explainer = runtime.classifiers[card.task], runtime.explainer
+    assert explainer is not None  # the explain role loads it
     probs = classifier.predict_proba([text])[0]
     best = int(probs.argmax())
     label, confidence = classifier.labels[best], float(probs[best])
-    explainer = load_explainer(settings, gguf)
     result = explainer.explain(definition, text, label)
-    mode, why = allowed_mode(folder, explainer.model_name, result.prompt_version)
+    mode, why = runtime.models[card.task].mode, runtime.models[card.task].mode_why
     final, decided_by = apply_verdict(label, result.verdict, result.suggested_label, mode)  # type: ignore[arg-type]
     payload = {
         "task": definition.name, "model_version": card.model_version, "label": label, "confidence": confidence,
@@ -101,12 +92,12 @@ def explain_eval(
     """Measure the explainer under a policy: F1 before/after, flips and how many were right, agreement,
     unverified share, explanations/s. Allows `correct` mode only if the task metric does not drop."""
     from monitor.assessment import assess, write_policy
-    from monitor.classifier import Classifier
     from monitor.explainer.policy import Policy
     from monitor.model_card import read_card
     from monitor.models import file_sha256
     from monitor.tasks import load_task
     from monitor.corpus import load_examples
+    from monitor.runtime import Runtime
     from monitor.training.recipe import DataOptions, prepare
 
     settings = settings_of(ctx)
@@ -121,8 +112,9 @@ def explain_eval(
     else:
         rows, which = load_examples(data, task).examples, "every row"
     rows = list(rows)[:limit] if limit else list(rows)
-    classifier = Classifier.load(model, settings.classifier)
-    explainer = load_explainer(settings, gguf)
+    runtime = Runtime.build(settings, ["classify", "explain"], folders=[model], gguf=gguf)
+    classifier, explainer = runtime.classifiers[task.name], runtime.explainer
+    assert explainer is not None  # the explain role loads it
     policy = Policy(mode="correct", below_threshold=below_threshold, verify_signals=verify_signals, max_share=max_share)
     progress = Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
     with progress:
@@ -166,6 +158,7 @@ def explain_adversarial(
     output contract. The cache is off for this run, so each case is really generated.
     """
     from monitor.explainer.adversarial import ATTACKS, BASE_POSTS, AdversarialReport, run_suite
+    from monitor.runtime import load_explainer
     from monitor.tasks import load_task
 
     settings = settings_of(ctx)

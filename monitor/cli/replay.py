@@ -34,30 +34,20 @@ def replay(
     compare: str | None = typer.Option(None, help="Put this run's results beside another run's (e.g. live)"),
 ) -> None:
     """Replay [--from, --to) of a topic with a model and policy, without touching the live pipeline."""
-    from monitor.cli.classify import prepare_database
-    from monitor.cli.explain import load_explainer
-    from monitor.explainer.policy import ExplanationBudget
-    from monitor.pipeline import load_task_models, policy_from_settings
-    from monitor.privacy import load_author_key
-    from monitor.replay import compare_runs
+    from monitor.replay import check_run_name, compare_runs
     from monitor.replay import replay as run_replay
+    from monitor.runtime import Runtime
 
     settings = settings_of(ctx)
     since, until = _time(start), _time(end)
     if until <= since:
         raise ConfigError("--to must be after --from")
-    explainer = load_explainer(settings, None) if explain else None
-    folders = model or list(settings.classifier.models)
-    models = load_task_models(folders, settings.classifier, explainer=explainer)
-    factory = prepare_database(settings)
-    key = settings.privacy.author_key
+    check_run_name(run)  # before loading any model, which takes a while
+    runtime = Runtime.build(settings, ["classify", "persist", *(["explain"] if explain else [])],
+                            folders=model or None, migration="migrate")
+    factory = runtime.factory
     with console.status(f"replaying {topic or settings.topics.posts} {since:%Y-%m-%d %H:%M} .. {until:%Y-%m-%d %H:%M}"):
-        report = run_replay(
-            settings.kafka, topic or settings.topics.posts, since, until, run=run, models=models, explainer=explainer,
-            factory=factory, policy=policy_from_settings(settings.explainer),
-            budget=ExplanationBudget(settings.explainer.budget_per_s) if explainer else None,
-            author_key=load_author_key(key.get_secret_value() if key else None, settings.data_dir / "author.key"),
-            model_paths=[str(f) for f in folders])
+        report = run_replay(runtime, topic or settings.topics.posts, since, until, run=run)
     table = Table("measure", "value", title=f"replay {run}: {report.topic}")
     table.add_row("records in range (bad)", f"{report.records} ({report.bad_records})")
     table.add_row("throughput", f"{report.posts_per_s:.1f} posts/s over {report.seconds:.1f} s")

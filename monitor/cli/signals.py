@@ -83,11 +83,11 @@ def signals(
     if plot is not None:
         _plot(ctx, plot, task=task, granularity=granularity or "hour", stratum=stratum, series=series, now=_time(now))
         return
-    from monitor.cli.classify import prepare_database
+    from monitor.runtime import open_database
     from monitor.storage.alerts import recent_alerts
     from monitor.storage.session import transaction
 
-    with transaction(prepare_database(settings_of(ctx))) as session:
+    with transaction(open_database(settings_of(ctx), "migrate")) as session:
         rows = recent_alerts(session, limit=limit, task=task, granularity=granularity)
     if not rows:
         console.print("no alerts stored (run `monitor signals detect`, or let the persist worker run it)")
@@ -113,12 +113,12 @@ def detect(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also list each alert's top posts"),
 ) -> None:
     """Run detection once on the configured database, store new alerts and print them (for cron)."""
-    from monitor.cli.classify import prepare_database
+    from monitor.runtime import open_database
     from monitor.signals.detect import run_detection
     from monitor.storage.session import transaction
 
     settings = settings_of(ctx)
-    with transaction(prepare_database(settings)) as session:
+    with transaction(open_database(settings, "migrate")) as session:
         report = run_detection(session, settings.signals, now=_time(now))
     console.print(f"{report.signals} signals in {len(report.series)} series (buckets complete by "
                   f"{report.cutoff:%Y-%m-%d %H:%M} UTC): {len(report.alerts)} alerting buckets, "
@@ -135,7 +135,7 @@ def detect(
 
 def _plot(ctx: typer.Context, path: Path, *, task: str | None, granularity: str, stratum: str, series: str,
           now: datetime) -> None:
-    from monitor.cli.classify import prepare_database
+    from monitor.runtime import open_database
     from monitor.signals.detect import SeriesKey, run_detection
     from monitor.signals.plot import plot_series
     from monitor.storage.session import transaction
@@ -143,7 +143,7 @@ def _plot(ctx: typer.Context, path: Path, *, task: str | None, granularity: str,
     settings = settings_of(ctx)
     if granularity not in settings.signals.granularities or series not in settings.signals.series:
         raise ConfigError(f"{granularity}/{series} is not among MONITOR_SIGNALS__GRANULARITIES/SERIES")
-    with transaction(prepare_database(settings)) as session:
+    with transaction(open_database(settings, "migrate")) as session:
         report = run_detection(session, settings.signals, now=now, write=False,
                                tasks=[task] if task is not None else None)
     tasks = sorted({r.key.task for r in report.series})

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -129,15 +129,6 @@ class Usage:
     prefix_restores: int = 0
 
 
-class Explainer(Protocol):
-    """What the pipeline needs of an explainer: a name for the rows, and a verdict per post."""
-
-    model_name: str
-    cache: ExplanationCache | None
-
-    def explain(self, task: TaskDefinition, text: str, predicted_label: str) -> Explanation: ...
-
-
 class LlamaExplainer:
     """Asks a local GGUF model whether the classifier's label is right, under the output contract."""
 
@@ -189,6 +180,13 @@ class LlamaExplainer:
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"llama.cpp cannot load {model_path}: {exc}") from exc
         return cls(llm, model_path, settings, cache=cache)
+
+    #: One context explains one post at a time (``ExplainerPool`` runs several).
+    parallel = 1
+
+    @property
+    def cache_hits(self) -> int:
+        return self.cache.hits if self.cache is not None else 0
 
     # -- the prompt as tokens: a cached (task, label) prefix, then the post ----------------------
 
@@ -416,6 +414,10 @@ class ExplainerPool:
     @property
     def parallel(self) -> int:
         return len(self.engines)
+
+    @property
+    def cache_hits(self) -> int:
+        return self.cache.hits if self.cache is not None else 0
 
     @property
     def usage(self) -> Usage:

@@ -1,17 +1,20 @@
-"""posts.incoming -> decode (bad records to the dead-letter topic) -> classify -> predictions (+ escalations)."""
+"""posts.incoming -> decode (bad records to the dead-letter topic) -> classify -> a decision per case on
+posts.classified; an escalated case goes to posts.escalated too (its decision comes from the explainer)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 from monitor import telemetry
-from monitor.pipeline import Case, classify_batch
+from monitor.cases import Case
+from monitor.pipeline import classify_batch, decide_by_classifier
 from monitor.records import DeadLetter, RecordError, decode_post
 from stream_jobs.batches import deliver, position
 
 
 def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
     batch_size, within = resources.settings.classifier.batch_size, resources.settings.stream.batch_seconds
+    runtime = resources.runtime
     runner = resources.runner("classify", "classify", topics["dead_letter"])
     # What a batch's records became, kept across its retries: a retry sends the same decisions
     # (the classifier is not asked twice, and its numbers cannot drift between tries).
@@ -32,10 +35,10 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
                     exc, raw=raw, stage="decode", key=message.key, topic=message.topic,
                     partition=message.partition, offset=message.offset)
         if posts:
-            cases = await resources.run("classify", classify_batch, posts, list(resources.models.values()),
-                                        resources.policy, received_at=[when for _, when in owners])
+            cases = await resources.run("classify", classify_batch, posts, runtime.task_models, runtime.classifiers,
+                                        runtime.policy, received_at=[when for _, when in owners])
             resources.observe_labels(cases)
-            per_post = len(resources.models)
+            per_post = len(runtime.models)
             for i, (event, _) in enumerate(owners):  # classify_batch returns the posts' cases task by task
                 outcomes[position(event)] = [cases[t * len(posts) + i] for t in range(per_post)]
         sends = []
@@ -46,9 +49,13 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
                 continue
             for case in outcome:
                 key, value = case.post.id.encode(), case.model_dump_json().encode()
+                if case.escalation is None:  # decided here: persist needs no model to store it
+                    decided = decide_by_classifier(case, runtime.models[case.prediction.task].task)
+                    sends.append(topics["predictions"].send(key=key, value=decided.model_dump_json().encode(),
+                                                            force=True))
+                    continue
                 sends.append(topics["predictions"].send(key=key, value=value, force=True))
-                if case.escalation is not None:
-                    sends.append(topics["escalations"].send(key=key, value=value, force=True))
+                sends.append(topics["escalations"].send(key=key, value=value, force=True))
         await deliver(sends, timeout_s=resources.settings.stream.send_timeout_s)
 
     @app.agent(topics["posts"], name="classify")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 
 from monitor import telemetry
-from monitor.pipeline import Case, Decision, explain_case
+from monitor.cases import Case, Decision
+from monitor.pipeline import explain_case
 from stream_jobs.batches import deliver, position
 
 
 def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
-    settings = resources.settings
+    settings, runtime = resources.settings, resources.runtime
     runner = resources.runner("explain", "explain", topics["dead_letter"])
     # Decisions already made for a batch, kept across its retries: an escalation is explained (and
     # charged to the budget) once, and a retry sends the same verdict.
@@ -18,16 +19,16 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
 
     async def decide(event) -> Decision | None:  # noqa: ANN001
         case = Case.model_validate_json(event.message.value or b"")  # a ValidationError is poison
-        model = resources.models.get(case.prediction.task)
+        model = runtime.models.get(case.prediction.task)
         if model is None:  # a task this worker has no model for: another deployment's escalation
             return None
         telemetry.EXPLAINER_QUEUE.inc()
         try:
-            return await resources.run("explain", explain_case, case, model, resources.explainer, resources.budget,
+            return await resources.run("explain", explain_case, case, model, runtime.explainer, runtime.budget,
                                        max_wait_s=settings.explainer.max_wait_s)
         finally:
             telemetry.EXPLAINER_QUEUE.dec()
-            telemetry.BUDGET_TOKENS.set(resources.budget.available() if resources.budget else 0)
+            telemetry.BUDGET_TOKENS.set(runtime.budget.available() if runtime.budget else 0)
 
     async def handle(events) -> None:  # noqa: ANN001
         fresh = [e for e in events if position(e) not in decided]

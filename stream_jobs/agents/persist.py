@@ -5,26 +5,27 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from monitor import telemetry
-from monitor.pipeline import Case, Decision, decide_by_classifier, signal_labels_of, write
+from monitor.cases import Decision, decode_classified
+from monitor.pipeline import decide_by_classifier, write
 from monitor.signals.detect import publish, run_detection
 from monitor.storage.session import transaction
 from stream_jobs.batches import deliver
 
 
 def _detect(resources):  # noqa: ANN001, ANN202
-    with transaction(resources.factory) as session:
+    with transaction(resources.runtime.factory) as session:
         return run_detection(session, resources.settings.signals, now=datetime.now(UTC))
 
 
 def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
-    settings = resources.settings
+    settings, runtime = resources.settings, resources.runtime
     batch_size, within = settings.stream.persist_batch, settings.stream.batch_seconds
-    signal_labels = signal_labels_of(list(resources.models.values()))
+    signal_labels = runtime.signal_labels()
 
     async def store(cases, decisions) -> None:  # noqa: ANN001
         """One transaction; then the signals and any escalation to redo, waited for before the ack."""
-        done = await resources.run("persist", write, resources.factory, cases, decisions,
-                                   author_key=resources.author_key, signal_labels=signal_labels)
+        done = await resources.run("persist", write, runtime.factory, cases, decisions,
+                                   author_key=runtime.author_key, signal_labels=signal_labels)
         if done.conflicts:
             telemetry.REDELIVERY_CONFLICTS.labels("persist").inc(done.conflicts)
         sends = [topics["signals"].send(key=d.case.post.id.encode(), value=d.model_dump_json().encode(), force=True)
@@ -37,12 +38,15 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
     async def handle_predictions(events) -> None:  # noqa: ANN001
         cases, decisions = [], []
         for event in events:
-            case = Case.model_validate_json(event.message.value or b"")  # a ValidationError is poison
-            model = resources.models.get(case.prediction.task)
-            if case.escalation is None and model is not None:
-                decisions.append(decide_by_classifier(case, model.task))
+            record = decode_classified(event.message.value or b"")  # a ValidationError is poison
+            if isinstance(record, Decision):  # decided by the classifier
+                decisions.append(record)
+                continue
+            model = runtime.models.get(record.prediction.task)
+            if record.escalation is None and model is not None:  # from a classify worker of an older release
+                decisions.append(decide_by_classifier(record, model.task))
             else:  # the explainer decides; its Decision arrives on posts.explained
-                cases.append(case)
+                cases.append(record)
         await store(cases, decisions)
 
     async def handle_explanations(events) -> None:  # noqa: ANN001

@@ -30,9 +30,11 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from sqlalchemy import select
 
-from monitor import broker, telemetry
+from monitor import telemetry
+from monitor.kafka import broker
 from monitor.config import DatabaseSettings, KafkaSettings, Settings, TopicSettings
-from monitor.pipeline import Case, Decision, write
+from monitor.cases import Case, Decision
+from monitor.pipeline import write
 from monitor.records import DeadLetter, Explanation, Post, Prediction, encode_post
 from monitor.services import local, process
 from monitor.services.process import http_get as _get
@@ -159,7 +161,7 @@ def stack(kafka: KafkaSettings, postgres_db: DatabaseSettings, tiny_model: Path,
 
 
 def _topic_specs(kafka: KafkaSettings, topics: TopicSettings):  # noqa: ANN202
-    from monitor.topology import topic_specs
+    from monitor.kafka.topology import topic_specs
 
     return topic_specs(kafka.model_copy(update={"partitions": 2}), topics)
 
@@ -383,3 +385,19 @@ def test_a_forced_redelivery_gives_the_same_decisions_and_no_contradiction(stack
 
     _until(caught_up, 240, "every group to catch up", stack, 2)
     assert _stored(stack, "redelivery") == first
+
+
+def test_each_role_loads_only_what_it_uses(stack: Stack):
+    """After the faults above: persist and explain never mapped torch, and persist stays small."""
+    def maps(role: str) -> str:
+        return Path(f"/proc/{_role_pid(stack, role)}/maps").read_text()
+
+    def rss_mb(role: str) -> float:
+        status = Path(f"/proc/{_role_pid(stack, role)}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+    assert "libtorch" in maps("classify")
+    for role in ("persist", "explain"):
+        assert "libtorch" not in maps(role), f"the {role} worker loaded torch"
+    assert "libllama" in maps("explain") and "libllama" not in maps("persist")
+    assert rss_mb("persist") < 250, f"persist worker RSS {rss_mb('persist'):.0f} MB"

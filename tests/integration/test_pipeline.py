@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from monitor.config import ClassifierSettings, DatabaseSettings, ExplainerSettings
+from monitor.config import ClassifierSettings, DatabaseSettings, ExplainerSettings, Settings
 from monitor.explainer.llm import ExplanationCache, LlamaExplainer
 from monitor.explainer.policy import ExplanationBudget, Policy
 from monitor.models import default_gguf_path
-from monitor.pipeline import load_task_models, process_batch
+from monitor.pipeline import process_batch
 from monitor.records import Post
+from monitor.runtime import Runtime
 from monitor.storage import migrations
-from monitor.storage.session import create_db_engine, make_sessionmaker, transaction
+from monitor.storage.session import transaction
 from monitor.storage.tables import Explanation, Prediction, Signal
 from monitor.storage.tables import Post as PostRow
 from monitor.tasks import load_task
@@ -48,9 +49,17 @@ def database(request, tmp_path) -> DatabaseSettings:
     return db
 
 
-def _threshold(models, posts: list[Post], share: float) -> float:
+def _runtime(model: Path, explainer, database: DatabaseSettings, data_dir: Path) -> Runtime:
+    settings = Settings(classifier=ClassifierSettings(device="cpu"), database=database, data_dir=data_dir)
+    runtime = Runtime.build(settings, ["classify", "explain", "persist"], folders=[model], explainer=explainer)
+    runtime.author_key = KEY
+    return runtime
+
+
+def _threshold(runtime: Runtime, posts: list[Post], share: float) -> float:
     """A threshold below which ``share`` of these posts' confidences fall (escalation is per post)."""
-    confidences = sorted(float(p.max()) for p in models[0].classifier.predict_proba([post.text for post in posts]))
+    (classifier,) = runtime.classifiers.values()
+    confidences = sorted(float(p.max()) for p in classifier.predict_proba([post.text for post in posts]))
     return confidences[int(share * len(confidences))]
 
 
@@ -59,15 +68,14 @@ def _count(factory, table) -> int:
         return session.scalar(select(func.count()).select_from(table))
 
 
-def test_every_post_gets_one_row_per_table_and_a_rerun_adds_none(tiny_model, explainer, posts, database):
-    models = load_task_models([tiny_model], ClassifierSettings(device="cpu"), explainer=explainer)
-    factory = make_sessionmaker(create_db_engine(database))
-    threshold = _threshold(models, posts, 0.1)
-    policy = Policy(threshold=threshold)  # each post below it is escalated, whatever its batch
+def test_every_post_gets_one_row_per_table_and_a_rerun_adds_none(tiny_model, explainer, posts, database, tmp_path):
+    runtime = _runtime(tiny_model, explainer, database, tmp_path)
+    factory, runtime.budget = runtime.factory, None
+    threshold = _threshold(runtime, posts, 0.1)
+    runtime.policy = Policy(threshold=threshold)  # each post below it is escalated, whatever its batch
     total_signals = total_escalated = 0
     for start in range(0, len(posts), 40):
-        result = process_batch(posts[start:start + 40], models, explainer, factory, policy=policy,
-                               budget=None, author_key=KEY)
+        result = process_batch(posts[start:start + 40], runtime)
         assert result.posts == 40 and result.predictions == 40
         assert result.escalated == sum(d.case.prediction.confidence < threshold for d in result.decisions)
         total_signals += result.signals
@@ -79,8 +87,7 @@ def test_every_post_gets_one_row_per_table_and_a_rerun_adds_none(tiny_model, exp
 
     # At-least-once redelivery of the same batches (the explainer answers from its cache): nothing new.
     for start in range(0, len(posts), 40):
-        again = process_batch(posts[start:start + 40], models, explainer, factory, policy=policy, budget=None,
-                              author_key=KEY)
+        again = process_batch(posts[start:start + 40], runtime)
         assert again.rows["posts_seen"] == 40
         assert (again.rows["predictions"], again.rows["explanations"], again.rows["signals"]) == (0, 0, 0)
         assert all(d.explanation.cached for d in again.decisions if d.explanation)
@@ -91,12 +98,12 @@ def test_every_post_gets_one_row_per_table_and_a_rerun_adds_none(tiny_model, exp
 def test_over_budget_cases_keep_their_classifier_label(tiny_model, explainer, posts, tmp_path):
     db = DatabaseSettings(url=f"sqlite:///{tmp_path / 'b.db'}")
     migrations.upgrade(db)
-    factory = make_sessionmaker(create_db_engine(db))
-    models = load_task_models([tiny_model], ClassifierSettings(device="cpu"), explainer=explainer)
+    runtime = _runtime(tiny_model, explainer, db, tmp_path)
+    factory = runtime.factory
     frozen = [0.0]
-    budget = ExplanationBudget(0.001, burst=1, clock=lambda: frozen[0])  # one explanation, then none
-    policy = Policy(threshold=_threshold(models, posts[:60], 0.1))
-    result = process_batch(posts[:60], models, explainer, factory, policy=policy, budget=budget, author_key=KEY)
+    runtime.budget = ExplanationBudget(0.001, burst=1, clock=lambda: frozen[0])  # one explanation, then none
+    runtime.policy = Policy(threshold=_threshold(runtime, posts[:60], 0.1))
+    result = process_batch(posts[:60], runtime)
     assert result.escalated == 6 and result.over_budget == 5
     over = [d for d in result.decisions if d.explanation and d.explanation.verdict == "over_budget"]
     assert all(d.final_label == d.case.prediction.label and d.decided_by == "classifier" for d in over)

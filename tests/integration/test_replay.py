@@ -8,19 +8,19 @@ from pathlib import Path
 from kafka import KafkaProducer
 from sqlalchemy import func, select
 
-from monitor import broker
-from monitor.config import ClassifierSettings, DatabaseSettings, KafkaSettings
+from monitor.kafka import broker
+from monitor.config import ClassifierSettings, DatabaseSettings, KafkaSettings, Settings
 from monitor.explainer.policy import Policy
 from monitor.feed import timestamp_ms
-from monitor.pipeline import load_task_models
 from monitor.records import Post, encode_post
 from monitor.replay import compare_runs, replay
+from monitor.runtime import Runtime
 from monitor.storage import migrations
-from monitor.storage.session import create_db_engine, make_sessionmaker, transaction
+from monitor.storage.session import transaction
 from monitor.storage.tables import Post as PostRow
 from monitor.storage.tables import Prediction, ReplayRun
 from monitor.tasks import load_task
-from monitor.topology import TopicSpec
+from monitor.kafka.topology import TopicSpec
 from monitor.corpus import load_examples
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -47,11 +47,11 @@ def test_replay_reads_exactly_the_range_and_reports_metrics(kafka: KafkaSettings
 
     db = DatabaseSettings(url=f"sqlite:///{tmp_path / 'replay.db'}")
     migrations.upgrade(db)
-    factory = make_sessionmaker(create_db_engine(db))
-    models = load_task_models([tiny_model], ClassifierSettings(device="cpu"), explainer=None)
-    common = {"models": models, "explainer": None, "factory": factory, "policy": Policy(), "budget": None,
-              "author_key": b"k"}
-    report = replay(kafka, topic_name, start, end, run="candidate", **common)
+    settings = Settings(kafka=kafka, database=db, classifier=ClassifierSettings(device="cpu"), data_dir=tmp_path)
+    runtime = Runtime.build(settings, ["classify", "persist"], folders=[tiny_model])
+    runtime.policy = Policy()
+    factory = runtime.factory
+    report = replay(runtime, topic_name, start, end, run="candidate")
     assert report.records == 100 and report.bad_records == 0 and report.totals["predictions"] == 100
     metric = report.metrics["rmhd27_social_anxiety"]
     assert metric["n"] == 100 and 0.0 <= metric["classifier"] <= 1.0 and metric["final"] == metric["classifier"]
@@ -63,7 +63,7 @@ def test_replay_reads_exactly_the_range_and_reports_metrics(kafka: KafkaSettings
     assert stored == in_range
     assert run_row.status == "done" and run_row.report["totals"]["posts"] == 100
 
-    again = replay(kafka, topic_name, start, end, run="candidate-2", **common)
+    again = replay(runtime, topic_name, start, end, run="candidate-2")
     assert again.totals["predictions"] == 100
     comparison = compare_runs(factory, "candidate", "candidate-2")
     assert comparison.common == 100 and comparison.changed_total == 0

@@ -19,7 +19,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from sqlalchemy import func, select
 
-from monitor import broker
+from monitor.kafka import broker
 from monitor.config import DatabaseSettings, KafkaSettings, TopicSettings
 from monitor.records import DeadLetter, Post, encode_post
 from monitor.services import process, prometheus
@@ -28,7 +28,7 @@ from monitor.storage.session import create_db_engine, make_sessionmaker, transac
 from monitor.storage.tables import Explanation, Prediction, Signal
 from monitor.storage.tables import Post as PostRow
 from monitor.tasks import load_task
-from monitor.topology import topic_specs
+from monitor.kafka.topology import topic_specs
 from monitor.corpus import load_examples
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"

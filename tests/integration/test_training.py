@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.classifier import Classifier
+from monitor.classifier import EncoderClassifier
 from monitor.config import ClassifierSettings
 from monitor.model_card import read_card
 from monitor.tasks import load_task
@@ -39,7 +39,7 @@ def test_model_folder_is_complete_and_described(trained: Path):
 
 
 def test_loaded_model_predicts_calibrated_probabilities(trained: Path):
-    classifier = Classifier.load(trained, ClassifierSettings(device="cpu", batch_size=4))
+    classifier = EncoderClassifier.load(trained, ClassifierSettings(device="cpu", batch_size=4))
     texts = ["I was diagnosed with social anxiety disorder last year and I still can't order food on the phone.",
              "What is the best index fund for a first-time investor?", "x" * 50_000, "🙂"]
     probs = classifier.predict_proba(texts)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from monitor.cli import describe_validation_error
+from monitor.config import describe_validation_error
 from monitor.config import Settings, check_database_url, parse_bootstrap, settings_reference, settings_table_markdown
 
 README = Path(__file__).resolve().parents[2] / "README.md"

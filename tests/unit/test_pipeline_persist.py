@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import select
 
 from monitor.config import DatabaseSettings
-from monitor.pipeline import Case, Decision, persist
+from monitor.cases import Case, Decision
+from monitor.pipeline import persist
 from monitor.records import Explanation, Post, Prediction
 from monitor.storage import migrations
 from monitor.storage.session import create_db_engine, make_sessionmaker, transaction

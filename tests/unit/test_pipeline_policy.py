@@ -1,13 +1,19 @@
 """explain_case's budget and backlog bound, with a stand-in explainer that records whether it was asked."""
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+from monitor.cases import Case
 from monitor.explainer.policy import ExplanationBudget
-from monitor.pipeline import Case, TaskModel, explain_case
+from monitor.model_card import ModelCard
+from monitor.pipeline import explain_case
 from monitor.records import Explanation, Post, Prediction
+from monitor.runtime import TaskModel
 from monitor.tasks import load_task
 
 TASK = load_task("druglib_adverse")
+CARD = ModelCard(model_version="m", task=TASK.name, labels=list(TASK.labels), signal_labels=list(TASK.signal_labels),
+                 metric=TASK.metric, base_model="stand-in", max_length=64, created_at=datetime.now(UTC))
 
 
 class RecordingExplainer:
@@ -33,7 +39,7 @@ def _case(age_s: float) -> Case:
 
 def test_stale_escalations_are_not_explained_and_keep_the_classifier_label():
     explainer = RecordingExplainer()
-    model = TaskModel(TASK, classifier=None, mode="correct", mode_why="measured")  # type: ignore[arg-type]
+    model = TaskModel(Path("m"), TASK, CARD, mode="correct", mode_why="measured")
     decision = explain_case(_case(age_s=120), model, explainer, None, max_wait_s=60)
     assert explainer.asked == 0
     assert decision.explanation.verdict == "over_budget" and "queued" in decision.explanation.reason
@@ -42,7 +48,7 @@ def test_stale_escalations_are_not_explained_and_keep_the_classifier_label():
 
 def test_budget_then_correct_mode_flip():
     explainer = RecordingExplainer()
-    model = TaskModel(TASK, classifier=None, mode="correct", mode_why="measured")  # type: ignore[arg-type]
+    model = TaskModel(Path("m"), TASK, CARD, mode="correct", mode_why="measured")
     budget = ExplanationBudget(1.0, burst=1, clock=lambda: 0.0)
     first = explain_case(_case(age_s=1), model, explainer, budget, max_wait_s=60)
     second = explain_case(_case(age_s=1), model, explainer, budget, max_wait_s=60)
