@@ -6,15 +6,12 @@ Runs on a real (SQLite) database migrated with the project's migrations.
 
 from datetime import UTC, datetime
 
-import pytest
 from sqlalchemy import select
 
-from monitor.config import DatabaseSettings
 from monitor.cases import Case, Decision
 from monitor.pipeline import persist
 from monitor.records import Explanation, Post, Prediction
-from monitor.storage import migrations
-from monitor.storage.session import create_db_engine, make_sessionmaker, transaction
+from monitor.storage.session import transaction
 from monitor.storage.tables import Explanation as ExplanationRow
 from monitor.storage.tables import Prediction as PredictionRow
 from monitor.storage.tables import Signal
@@ -22,15 +19,6 @@ from monitor.storage.tables import Signal
 TASK = "druglib_adverse"
 SIGNALS = {TASK: frozenset({"severe_adr"})}
 KEY = b"k" * 32
-
-
-@pytest.fixture
-def factory(tmp_path):
-    settings = DatabaseSettings(url=f"sqlite:///{tmp_path / 'm.db'}")
-    migrations.upgrade(settings)
-    engine = create_db_engine(settings)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def _case(label: str, *, escalated: bool, post_id: str = "p1") -> Case:

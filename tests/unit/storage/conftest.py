@@ -1,4 +1,5 @@
-"""A migrated SQLite database per test, and a few stored posts with predictions, explanations and signals."""
+"""Stored posts with predictions, explanations and signals, in the migrated SQLite database of
+``tests/unit/conftest.py`'s ``factory``."""
 
 from __future__ import annotations
 
@@ -6,22 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from monitor.config import DatabaseSettings
 from monitor.records import Post, Prediction
-from monitor.storage import migrations, repository
-from monitor.storage.session import create_db_engine, make_sessionmaker, transaction
+from monitor.storage import repository
+from monitor.storage.session import transaction
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 TASK = "druglib_adverse"
-
-
-@pytest.fixture
-def factory(tmp_path):
-    settings = DatabaseSettings(url=f"sqlite:///{tmp_path / 'm.db'}")
-    migrations.upgrade(settings)
-    engine = create_db_engine(settings)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def _explanation(post_id: int, verdict: str, *, run: str = "live", llm: str = "llm.gguf", at: datetime = T0,
