@@ -1,5 +1,5 @@
 """Stored posts with predictions, explanations and signals, in the migrated SQLite database of
-``tests/unit/conftest.py`'s ``factory``."""
+``tests/unit/conftest.py``'s ``factory``."""
 
 from __future__ import annotations
 
