@@ -33,7 +33,7 @@ from sqlalchemy import select
 from monitor import telemetry
 from monitor.kafka import broker
 from monitor.config import DatabaseSettings, KafkaSettings, Settings, TopicSettings
-from monitor.cases import Case, Decision
+from monitor.cases import Case, Decision, decode_classified
 from monitor.pipeline import write
 from monitor.records import DeadLetter, Explanation, Post, Prediction, encode_post
 from monitor.services import local, process
@@ -366,7 +366,9 @@ def test_a_forced_redelivery_gives_the_same_decisions_and_no_contradiction(stack
     def reclassified():  # noqa: ANN202
         consumer = KafkaConsumer(stack.topics.predictions, bootstrap_servers=stack.kafka.bootstrap_servers,
                                  auto_offset_reset="earliest", group_id=None, consumer_timeout_ms=3000)
-        found = [Case.model_validate_json(r.value) for r in consumer if r.key and r.key.startswith(b"redelivery-")]
+        # A Decision for a case classify decided, the Case itself for an escalated one.
+        found = [d.case if isinstance(d := decode_classified(r.value), Decision) else d
+                 for r in consumer if r.key and r.key.startswith(b"redelivery-")]
         consumer.close()
         # The first records, their copies, and the new classification of every post.
         return found if len(found) >= 2 * len(predictions_before) + len(posts) else None
