@@ -287,6 +287,7 @@ class StreamSettings(_Section):
     max_attempts: int = Field(3, ge=1, le=100, description="Tries of a batch failing with an unclassified error before its records are tried one by one (a record that still fails alone is dead-lettered)")
     send_timeout_s: float = Field(30.0, gt=0, le=3600, description="Longest wait for the broker to acknowledge a batch's output before the batch is retried")
     stall_after_s: float = Field(600.0, ge=10, description="Watchdog: a role with lag whose committed offsets have not moved this long (and that is not waiting out a fault) is restarted")
+    session_timeout_s: float = Field(10.0, ge=6, le=300, description="Kafka group session timeout: how long the broker waits for a silent (e.g. killed) worker before giving its partitions to the others or to its restarted self (Faust's default, 60 s, held a restarted role idle that long)")
 
 
 class SupervisorSettings(_Section):

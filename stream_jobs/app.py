@@ -48,6 +48,9 @@ def create_app(settings: Settings, *, app_id: str = "health-monitor", **override
         # unfinished batch stays unacknowledged and is redelivered: Faust must not wait for it.
         "stream_wait_empty": False,
         "producer_acks": -1,
+        # A killed worker's partitions wait this long before anyone (its restart too) may take them.
+        # Heartbeats go every 3 s from the event loop, which never blocks (work runs in threads).
+        "broker_session_timeout": settings.stream.session_timeout_s,
         # Metrics are served by prometheus-client (telemetry), not by Faust's web server.
         "web_enabled": False,
     }
