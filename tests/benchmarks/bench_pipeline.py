@@ -238,7 +238,7 @@ def sustain(args, kafka, database, texts, alone, start, console) -> None:  # noq
             while not done.wait(10):
                 for stage, names in stages.items():
                     lag[stage].append((time.monotonic() - started,
-                                       sum(broker.group_lag(kafka, f"bench-{tag}", names).values())))
+                                       sum(broker.group_lag(kafka, f"bench-{tag}-{stage}", names).values())))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
