@@ -300,6 +300,7 @@ class SupervisorSettings(_Section):
     heartbeat_timeout_s: float = Field(120.0, gt=0, description="A role process silent this long (event loop stuck) is killed and restarted")
     startup_grace_s: float = Field(900.0, gt=0, description="Time a role process may take to load its models before its first heartbeat")
     max_rss_mb: int = Field(0, ge=0, description="A role process whose resident memory exceeds this (MB) is restarted gracefully, a guard against slow leaks (0 = no limit)")
+    memory_trim_s: float = Field(60.0, ge=0, le=3600, description="How often a role process hands free C-heap pages back to the kernel (malloc_trim) and reports its heap (0 = never)")
 
 
 class FaultSettings(_Section):

@@ -114,6 +114,9 @@ SIGNAL_EXPECTED = Gauge("monitor_signal_expected", "Baseline mean of the latest 
                         ["task", "method", "granularity", "stratum", "series"], multiprocess_mode="mostrecent")
 FAULT_WAITING = Gauge("monitor_fault_waiting", "1 while a stage waits out a fault with its consumer paused, else 0",
                       ["stage"], multiprocess_mode="livemax")
+HEAP_BYTES = Gauge("monitor_heap_bytes",
+                   "C heap (glibc malloc) of a role process: in_use by live allocations, free but still resident",
+                   ["role", "kind"], multiprocess_mode="liveall")
 BUDGET_TOKENS = Gauge("monitor_explainer_budget_tokens", "Explanations the budget allows right now",
                       multiprocess_mode="livesum")
 
@@ -137,6 +140,7 @@ _ALL = (POSTS_CONSUMED, PREDICTIONS, ESCALATIONS, EXPLANATIONS, FLIPS, NOT_EXPLA
         INFERENCE_SECONDS, BATCH_SIZE, LLM_SECONDS, DB_WRITE_SECONDS, END_TO_END_SECONDS,
         PIPELINE_SECONDS, CONSUMER_LAG, EXPLAINER_QUEUE, MODEL_INFO, GPU_MEMORY, LABEL_SHARE, LABEL_SHARE_EXPECTED,
         MEAN_CONFIDENCE, SIGNAL_ALERT, SIGNAL_SCORE, SIGNAL_OBSERVED, SIGNAL_BUCKET, SIGNAL_EXPECTED, FAULT_WAITING, BUDGET_TOKENS,
+        HEAP_BYTES,
         *SUPERVISOR_METRICS)
 
 

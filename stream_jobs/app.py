@@ -13,7 +13,7 @@ from pathlib import Path
 
 import faust
 
-from monitor import telemetry
+from monitor import memory, telemetry
 from monitor.kafka.broker import group_positions
 from monitor.config import Settings, parse_bootstrap
 from monitor.faults import StallWatchdog
@@ -85,6 +85,17 @@ def build_worker(settings: Settings, role: str, *, health: HealthReporter | None
     @app.timer(interval=settings.supervisor.heartbeat_s)
     async def heartbeat() -> None:
         health.beat()
+
+    if settings.supervisor.memory_trim_s > 0:
+        @app.timer(interval=settings.supervisor.memory_trim_s)
+        async def tidy_heap() -> None:  # bursts (a backlog, a redelivery) leave free pages resident
+            try:
+                await resources.run_aside("memory", memory.trim)
+            except Exception:  # noqa: BLE001 - counted by run_aside; housekeeping never stops the worker
+                return
+            if (stats := memory.heap_stats()) is not None:
+                telemetry.HEAP_BYTES.labels(role, "in_use").set(stats.in_use)
+                telemetry.HEAP_BYTES.labels(role, "free").set(stats.free)
 
     @app.timer(interval=settings.metrics.lag_interval_s)
     async def measure_lag() -> None:

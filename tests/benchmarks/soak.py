@@ -83,6 +83,17 @@ def sum_by(samples: list | None, name: str, *keys: str) -> dict[str, float]:
     return totals
 
 
+def heap_in_use_mb(samples: list | None, pids: dict[str, int | None], rename: dict[str, str]) -> dict[str, float]:
+    """process -> MB of C heap in live allocations, from ``monitor_heap_bytes`` of the process now running."""
+    found = {}
+    for sample, labels, value in samples or ():
+        if sample == "monitor_heap_bytes" and labels.get("kind") == "in_use":
+            proc = rename.get(labels.get("role", ""), labels.get("role", ""))
+            if str(pids.get(proc)) == labels.get("pid"):
+                found[proc] = value / 2**20
+    return found
+
+
 def rss_mb(pid: int | None) -> float | None:
     from monitor.services.process import resident_bytes
 
@@ -295,6 +306,8 @@ class Soak:
             retries[f"{key} (persist-2)"] = value
         return {"t": round(self.now(), 1), "lag_t": round(lag_t - self.t0, 1), "lag": lags,
                 "pids": pids, "rss_mb": {p: rss_mb(pid) for p, pid in pids.items()},
+                "heap_mb": heap_in_use_mb(metrics, pids, {}) | heap_in_use_mb(second_metrics, pids,
+                                                                             {"persist": "persist-2"}),
                 "ready": ready, "all_ready": code == 200 and ready["persist-2"],
                 "retries": retries,
                 "dead_letters": sum(sum_by(metrics, "monitor_dead_letters_total").values()),
@@ -452,13 +465,13 @@ def memory_growth(timeline: list[dict], warmup_s: float) -> dict[str, dict]:
     sample past warm-up to its last sample."""
     report = {}
     for proc in PROCESSES:
-        runs: dict[int, list[tuple[float, float]]] = {}
+        runs: dict[int, list[tuple[float, float, float | None]]] = {}
         ready_at: dict[int, float] = {}
         for s in timeline:
             pid, mb = s["pids"].get(proc), s["rss_mb"].get(proc)
             if pid is None or mb is None:
                 continue
-            runs.setdefault(pid, []).append((s["t"], mb))
+            runs.setdefault(pid, []).append((s["t"], mb, s.get("heap_mb", {}).get(proc)))
             if pid not in ready_at and s["ready"].get(proc, True):  # a supervisor is ready when it runs
                 ready_at[pid] = s["t"]
         if not runs:
@@ -470,11 +483,14 @@ def memory_growth(timeline: list[dict], warmup_s: float) -> dict[str, dict]:
                 best, best_span = (pid, settled[0], settled[-1]), settled[-1][0] - settled[0][0]
         ordered = sorted(runs.values(), key=lambda points: points[0][0])
         entry = {"incarnations": len(runs), "start_mb": ordered[0][0][1], "end_mb": ordered[-1][-1][1],
-                 "after_warmup_mb": None, "growth": None, "measured_pid": None, "measured_s": 0.0}
+                 "after_warmup_mb": None, "growth": None, "measured_pid": None, "measured_s": 0.0,
+                 "heap_in_use_mb": None}
         if best is not None:
             pid, first, last = best
             entry.update(after_warmup_mb=first[1], growth=(last[1] - first[1]) / first[1], measured_pid=pid,
                          measured_s=round(best_span, 1))
+            if first[2] is not None and last[2] is not None:  # a leak grows this; a burst only the free heap
+                entry["heap_in_use_mb"] = [round(first[2], 1), round(last[2], 1)]
         report[proc] = entry
     return report
 
@@ -909,12 +925,13 @@ def summarize(args, soak: Soak, faults: list[Fault], rows: dict, letters: dict, 
                   f"min; drain: {'every lag at 0' if drain_ok else 'lag NOT back to 0'} "
                   f"after {drained_s - drain_s:.0f}s")
     table = Table("process", "pids", "RSS start", "after warm-up", "end", "growth after warm-up", "measured over",
-                  title="memory (MB)")
+                  "C heap in use", title="memory (MB)")
     for proc, m in memory.items():
         growth = "n/a (never past warm-up)" if m["growth"] is None else f"{m['growth']:+.1%}"
+        heap = "-" if not m["heap_in_use_mb"] else "{:.0f} -> {:.0f}".format(*m["heap_in_use_mb"])
         table.add_row(proc, str(m["incarnations"]), f"{m['start_mb']:.0f}",
                       "-" if m["after_warmup_mb"] is None else f"{m['after_warmup_mb']:.0f}", f"{m['end_mb']:.0f}",
-                      growth, f"pid {m['measured_pid']}, {m['measured_s'] / 60:.1f} min")
+                      growth, f"pid {m['measured_pid']}, {m['measured_s'] / 60:.1f} min", heap)
     console.print(table)
     table = Table("fault", "start", "length", "ready after", "lag steady after", "detail", title="faults (s)")
     for f in faults:
