@@ -111,8 +111,9 @@ def assess(
 ) -> Assessment:
     probs = classifier.predict_proba(texts)
     labels = classifier.labels
-    predicted = [labels[i] for i in probs.argmax(axis=1)]
-    candidates = [Candidate(p, float(c)) for p, c in zip(predicted, probs.max(axis=1), strict=True)]
+    served = classifier.decide(probs)
+    predicted = [labels[i] for i in served]
+    candidates = [Candidate(labels[i], float(probs[row, i])) for row, i in enumerate(served)]
     chosen = select_for_explanation(candidates, policy, threshold=classifier.card.escalation_threshold,
                                     signal_labels=task.signal_labels)
     hits_before = explainer.cache_hits

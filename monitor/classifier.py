@@ -41,7 +41,7 @@ from monitor.cpu_tuning import (
 from monitor.encoding import encode, length_sorted_batches, normalise_text, precut
 from monitor.errors import ModelError
 from monitor.evaluation import confusion_matrix, task_metric
-from monitor.model_card import ModelCard, read_card, softmax
+from monitor.model_card import ModelCard, read_card
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,14 @@ class EncoderClassifier:
         self.overlap_tokenize = device.startswith("cuda") if overlap_tokenize is None else overlap_tokenize
         self._tokenize_pool: ThreadPoolExecutor | None = None
         self.labels = tuple(card.labels)
-        self.biases = np.array(card.biases) if card.biases else None
+        # Probabilities are calibrated on logits of one dtype; served in another they may be off: say so.
+        self.calibration = card.calibration_for(self.dtype)
+        self.calibration_note = ""
+        if card.calibration is not None and self.calibration is None:
+            self.calibration_note = (f"{card.model_version}: calibration fitted on {card.calibration.dtype} logits, "
+                                     f"serving {self.dtype}; its probabilities may be off until "
+                                     f"`monitor models calibrate MODEL DATA --dtype {self.dtype}`")
+            log.warning("%s", self.calibration_note)
 
     @classmethod
     def load(cls, folder: Path, settings: ClassifierSettings) -> EncoderClassifier:
@@ -343,18 +350,23 @@ class EncoderClassifier:
         return self._tokenize_pool
 
     def calibrate(self, logits: np.ndarray) -> np.ndarray:
-        return softmax(logits, self.card.temperature, self.biases)
+        """The card's calibration for the serving dtype (its own one when none was refitted)."""
+        return self.card.probabilities(logits, self.calibration)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Calibrated class probabilities: softmax((logits + card biases) / card temperature)."""
+        """Calibrated class probabilities (the card's calibration; see ``monitor.model_card``)."""
         return self.calibrate(self.logits(texts))
+
+    def decide(self, probabilities: np.ndarray) -> np.ndarray:
+        """The served label (an index into ``labels``) of each row: the card's decision rule."""
+        return self.card.decide(probabilities)
 
 
 def check_int8(folder: Path, texts: Sequence[str], gold: Sequence[str], *, measured_on: str,
                batch_size: int = 64) -> Int8Check:
     """int8 against fp32 weights on labelled rows (the model's held-out test split): label agreement and metric.
 
-    Predicted labels are the calibrated argmax, as the pipeline decides them.
+    Predicted labels are the card's decision on the calibrated probabilities, as the pipeline serves them.
     """
     import torch
 
@@ -364,8 +376,8 @@ def check_int8(folder: Path, texts: Sequence[str], gold: Sequence[str], *, measu
     int8 = EncoderClassifier(quantize_int8(fp32.model, inplace=False), fp32.tokenizer, card, device="cpu",
                              batch_size=batch_size, weights="int8")
     labels = list(card.labels)
-    pred32 = [labels[i] for i in fp32.predict_proba(texts).argmax(1)]
-    pred8 = [labels[i] for i in int8.predict_proba(texts).argmax(1)]
+    pred32 = [labels[i] for i in fp32.decide(fp32.predict_proba(texts))]
+    pred8 = [labels[i] for i in int8.decide(int8.predict_proba(texts))]
 
     def metric(pred: Sequence[str]) -> float:
         return task_metric(confusion_matrix(gold, pred, labels), labels, card.metric,

@@ -33,7 +33,8 @@ class Report:
     micro_f1: float
     accuracy: float
     confusion: list[list[int]]  # rows = gold, columns = predicted, in ``labels`` order
-    ece: float | None = None
+    ece: float | None = None  # top-label ECE of the probabilities (arg-max confidence vs arg-max right)
+    ece_served: float | None = None  # the served label's probability vs the served label right
     n: int = 0
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -46,6 +47,7 @@ class Report:
             "micro_f1": self.micro_f1,
             "accuracy": self.accuracy,
             "ece": self.ece,
+            "ece_served": self.ece_served,
             "per_class": {k: vars(v) for k, v in self.per_class.items()},
             "confusion": self.confusion,
             **self.extra,
@@ -147,14 +149,23 @@ def evaluate(
     metric_labels: Sequence[str] | None = None,
     predicted: Sequence[str] | None = None,
 ) -> Report:
-    """A full report; ``predicted`` defaults to the arg-max of ``probabilities``."""
+    """A full report; ``predicted`` (the served labels, e.g. after a decision rule) defaults to the
+    arg-max of ``probabilities``. Scores are of ``predicted``; ``ece`` is the calibration of the
+    probabilities themselves (top label), ``ece_served`` that of the served label's probability."""
     labels = tuple(labels)
+    index = {label: i for i, label in enumerate(labels)}
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    pred = list(predicted) if predicted is not None else [labels[i] for i in probabilities.argmax(axis=1)]
+    top = probabilities.argmax(axis=1) if probabilities.size else np.zeros(0, dtype=np.int64)
+    pred = list(predicted) if predicted is not None else [labels[i] for i in top]
     matrix = confusion_matrix(gold, pred, labels)
-    confidence = probabilities.max(axis=1) if probabilities.size else np.zeros(0)
     correct = np.array([g == p for g, p in zip(gold, pred, strict=True)], dtype=np.float64)
     scores = per_class_scores(matrix, labels)
+    ece = ece_served = None
+    if probabilities.size:
+        gold_index = np.array([index[g] for g in gold])
+        ece = expected_calibration_error(probabilities.max(axis=1), top == gold_index)
+        served = np.array([index[p] for p in pred])
+        ece_served = expected_calibration_error(probabilities[np.arange(len(served)), served], correct)
     return Report(
         labels=labels,
         per_class=scores,
@@ -164,7 +175,8 @@ def evaluate(
         micro_f1=micro_f1(matrix, labels),
         accuracy=float(correct.mean()) if correct.size else 0.0,
         confusion=matrix.tolist(),
-        ece=expected_calibration_error(confidence, correct) if probabilities.size else None,
+        ece=ece,
+        ece_served=ece_served,
         n=len(gold),
     )
 
@@ -211,15 +223,19 @@ def plot_confusion(report: Report, path: Path, *, title: str) -> Path:
 
 
 def plot_reliability(confidence: np.ndarray, correct: np.ndarray, path: Path, *, title: str,
-                     before: np.ndarray | None = None) -> Path:
-    """Accuracy vs confidence per bin; ``before`` draws the uncalibrated confidences too."""
+                     before: np.ndarray | None = None, before_correct: np.ndarray | None = None) -> Path:
+    """Accuracy vs confidence per bin; ``before`` draws the uncalibrated confidences too (right or
+    wrong by ``before_correct`` when their top label differs, else by ``correct``)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-    series = [("calibrated", confidence)] if before is None else [("before", before), ("after", confidence)]
-    for name, conf in series:
-        points = reliability_bins(np.asarray(conf), np.asarray(correct))
-        ece = expected_calibration_error(np.asarray(conf), np.asarray(correct))
+    series = [("calibrated", confidence, correct)]
+    if before is not None:
+        series = [("before", before, correct if before_correct is None else before_correct),
+                  ("after", confidence, correct)]
+    for name, conf, right in series:
+        points = reliability_bins(np.asarray(conf), np.asarray(right))
+        ece = expected_calibration_error(np.asarray(conf), np.asarray(right))
         ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"{name} (ECE {ece:.3f})")
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")

@@ -31,6 +31,10 @@ class Classifier(Protocol):
         """One row per text, one column per label (``labels`` order), rows summing to 1."""
         ...
 
+    def decide(self, probabilities: np.ndarray) -> np.ndarray:
+        """The served label of each row of ``predict_proba``'s output, as an index into ``labels``."""
+        ...
+
     def device_memory_bytes(self) -> int | None:
         """Accelerator memory the model holds now; None on a CPU."""
         ...

@@ -1,11 +1,24 @@
-"""``model_card.json``: what a trained model folder is, how it was made, and how to use it."""
+"""``model_card.json``: what a trained model folder is, how it was made, and how to use it.
+
+A card keeps two things apart (format 2):
+
+- ``calibration`` turns the network's logits into probabilities that mean what they say (fitted by
+  negative log-likelihood on the validation split): every prediction row, the escalation threshold,
+  the model-weighted signal series and the drift gauges read these.
+- ``decision`` picks the label from those probabilities: the arg-max, or the arg-max after per-class
+  log-biases tuned on validation for the task's metric (F1 of a minority class, say). The biases move
+  the decision only; the probabilities stay calibrated.
+
+Format 1 cards (older model folders) folded the biases into the logits before one temperature, so
+their probabilities carry the decision shift; they are still served as they were trained.
+"""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -13,6 +26,48 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from monitor.errors import ModelError
 
 CARD_FILE = "model_card.json"
+
+
+class Calibration(BaseModel):
+    """logits -> calibrated probabilities: softmax(logits / temperature), or softmax(scale * logits + offset)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    method: Literal["none", "temperature", "vector"]
+    temperature: float = Field(1.0, gt=0)
+    scale: list[float] | None = None  # vector scaling: one factor per class
+    offset: list[float] | None = None  # vector scaling: one bias per class
+    dtype: str = Field("float32", description="dtype of the logits it was fitted on (the serving dtype must match)")
+    fitted_on: str = "validation"
+    nll: dict[str, float] = Field(default_factory=dict, description="cross-validated NLL of each method tried")
+
+    @model_validator(mode="after")
+    def _vector_complete(self) -> Calibration:
+        if self.method == "vector" and (self.scale is None or self.offset is None or len(self.scale) != len(self.offset)):
+            raise ValueError("vector calibration needs a scale and an offset per class")
+        return self
+
+    def apply(self, logits: np.ndarray) -> np.ndarray:
+        z = np.asarray(logits, dtype=np.float64)
+        if self.method == "vector":
+            return softmax(z * np.asarray(self.scale) + np.asarray(self.offset))
+        return softmax(z, self.temperature if self.method == "temperature" else 1.0)
+
+
+class DecisionRule(BaseModel):
+    """Calibrated probabilities -> a label: arg-max of log(p) + biases (all zero = plain arg-max)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["argmax", "log_bias"] = "argmax"
+    biases: list[float] = Field(default_factory=list, description="per-class log-biases tuned for the task metric")
+    tuned_for: str | None = None
+
+    def apply(self, probabilities: np.ndarray) -> np.ndarray:
+        p = np.asarray(probabilities, dtype=np.float64)
+        if self.kind == "argmax" or not self.biases:
+            return p.argmax(axis=1)
+        return (np.log(np.clip(p, 1e-12, 1.0)) + np.asarray(self.biases)).argmax(axis=1)
 
 
 class ModelCard(BaseModel):
@@ -30,8 +85,12 @@ class ModelCard(BaseModel):
     max_length: int
     truncation: str = "head_tail"
     head_fraction: float = 0.25
-    temperature: float = 1.0
-    biases: list[float] = Field(default_factory=list, description="log-space class biases tuned on validation")
+    temperature: float = Field(1.0, description="format 1 only: softmax((logits + biases) / temperature)")
+    biases: list[float] = Field(default_factory=list, description="format 1 only: logit biases folded into the probabilities")
+    calibration: Calibration | None = None
+    recalibrated: dict[str, Calibration] = Field(
+        default_factory=dict, description="calibrations refitted for other serving dtypes (`monitor models calibrate`)")
+    decision: DecisionRule | None = None
     escalation_threshold: float = 0.0
     escalation_max_share: float = 0.1
     metrics: dict[str, Any] = Field(default_factory=dict)
@@ -48,7 +107,31 @@ class ModelCard(BaseModel):
             raise ValueError("signal labels must be among the labels")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
+        if self.calibration is not None and self.calibration.scale is not None \
+                and len(self.calibration.scale) != len(self.labels):
+            raise ValueError(f"{len(self.calibration.scale)} calibration scales for {len(self.labels)} labels")
+        if self.decision is not None and self.decision.biases and len(self.decision.biases) != len(self.labels):
+            raise ValueError(f"{len(self.decision.biases)} decision biases for {len(self.labels)} labels")
         return self
+
+    def calibration_for(self, dtype: str) -> Calibration | None:
+        """The calibration fitted on logits of ``dtype``; None when there is none (or a format 1 card)."""
+        if self.calibration is not None and self.calibration.dtype == dtype:
+            return self.calibration
+        return self.recalibrated.get(dtype)
+
+    def probabilities(self, logits: np.ndarray, calibration: Calibration | None = None) -> np.ndarray:
+        """The served class probabilities of ``logits``: calibrated by ``calibration`` (default the
+        card's own) for a format 2 card, as trained for a format 1 card."""
+        if (calibration := calibration or self.calibration) is not None:
+            return calibration.apply(logits)
+        return softmax(logits, self.temperature, np.asarray(self.biases) if self.biases else None)
+
+    def decide(self, probabilities: np.ndarray) -> np.ndarray:
+        """The index of the served label of each row of ``probabilities``."""
+        if self.decision is not None:
+            return self.decision.apply(probabilities)
+        return np.asarray(probabilities).argmax(axis=1)
 
 
 def write_card(folder: Path, card: ModelCard) -> Path:

@@ -66,7 +66,7 @@ def classify_batch(posts: Sequence[Post], models: Sequence[TaskModel], classifie
         probs = classifier.predict_proba(texts)
         telemetry.INFERENCE_SECONDS.labels(task).observe(time.perf_counter() - started)
         labels = classifier.labels
-        best = probs.argmax(axis=1)
+        best = classifier.decide(probs)
         candidates = [Candidate(labels[i], float(probs[row, i])) for row, i in enumerate(best)]
         threshold = policy.threshold if policy.threshold is not None else classifier.card.escalation_threshold
         for row, post in enumerate(posts):

@@ -79,20 +79,15 @@ def evaluate(
     from monitor.tasks import load_task
     from monitor.model_card import softmax
     from monitor.corpus import load_examples
-    from monitor.training.recipe import DataOptions, prepare, report_for
+    from monitor.training.recipe import model_split, report_for
 
     card = read_card(model)
     task = load_task(card.training.get("task_source", card.task))
-    same_file = file_sha256(data) == card.data.get("sha256")
-    if split == "test" and not same_file:
+    held_out = model_split(card, task, data, "test", skip_bad_rows=skip_bad_rows) if split != "all" else None
+    if split == "test" and held_out is None:
         raise typer.BadParameter("--split test needs the file the model was trained on", param_hint="DATA")
-    if split == "test" or (split == "auto" and same_file):
-        seed = card.training.get("seed", 13)
-        fractions = card.data.get("split", {})
-        prepared = prepare(task, data, DataOptions(seed=seed, val_fraction=fractions.get("val_fraction", 0.1),
-                                                   test_fraction=fractions.get("test_fraction", 0.2),
-                                                   skip_bad_rows=skip_bad_rows))
-        rows, which = prepared.splits.test, "held-out test split"
+    if held_out is not None:
+        rows, which = held_out, "held-out test split"
     else:
         loaded = load_examples(data, task, skip_bad_rows=skip_bad_rows)
         rows, which = loaded.examples, "every row"
@@ -104,14 +99,16 @@ def evaluate(
         logits = classifier.logits([e.text for e in rows])
     probs = classifier.calibrate(logits)
     gold = [e.label for e in rows]
-    report = report_for(task, gold, probs)
+    served = [card.labels[i] for i in classifier.decide(probs)]
+    report = report_for(task, gold, probs, predicted=served)
     _print_report(report, f"{card.model_version} on {data.name} ({which})")
     target = out or model / f"eval-{file_sha256(data)[:8]}-{split}"
     target.mkdir(parents=True, exist_ok=True)
-    correct = np.array([card.labels[i] == g for i, g in zip(probs.argmax(1), gold, strict=True)])
+    gold_index = np.array([card.labels.index(g) for g in gold])
+    raw = softmax(logits)
     plot_confusion(report, target / "confusion.png", title=f"{task.name}: confusion")
-    plot_reliability(probs.max(1), correct, target / "reliability.png", title=f"{task.name}: reliability",
-                     before=softmax(logits).max(1))
+    plot_reliability(probs.max(1), probs.argmax(1) == gold_index, target / "reliability.png",
+                     title=f"{task.name}: reliability", before=raw.max(1), before_correct=raw.argmax(1) == gold_index)
     plot_precision_recall(gold, probs, card.labels, target / "precision_recall.png", title=f"{task.name}: PR")
     (target / "report.json").write_text(json.dumps({"model_version": card.model_version, "data": str(data),
                                                      "rows": which, **report.as_dict()}, indent=2) + "\n")

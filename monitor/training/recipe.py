@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -30,11 +30,11 @@ from monitor.evaluation import (
     plot_reliability,
     task_metric,
 )
-from monitor.model_card import ModelCard, write_card
+from monitor.model_card import ModelCard, softmax, write_card
 from monitor.models import file_sha256
 from monitor.tasks import TaskDefinition
 from monitor.training import augment, balance
-from monitor.training.calibrate import calibrate, choose_threshold, softmax
+from monitor.training.calibrate import choose_threshold, fit_calibration, fit_decision
 from monitor.corpus import Example, label_counts, load_examples
 from monitor.encoding import normalise_text
 from monitor.training.data import Splits, split_examples
@@ -118,6 +118,34 @@ def prepare(task: TaskDefinition, data_path: Path, options: DataOptions) -> Prep
     return PreparedData(splits, train, notes)
 
 
+def model_split(card: ModelCard, task: TaskDefinition, data: Path, split: Literal["validation", "test"], *,
+                skip_bad_rows: bool = False) -> list[Example] | None:
+    """The model's own ``split`` of ``data``, made again as its training run made it (seed, fractions,
+    skipped bad rows from the card), or None when ``data`` is not the file it was trained on."""
+    if file_sha256(data) != card.data.get("sha256"):
+        return None
+    fractions = card.data.get("split", {})
+    options = DataOptions(seed=card.training.get("seed", 13), val_fraction=fractions.get("val_fraction", 0.1),
+                          test_fraction=fractions.get("test_fraction", 0.2),
+                          skip_bad_rows=skip_bad_rows or bool(card.data.get("bad_rows_skipped")))
+    splits = prepare(task, data, options).splits
+    return list(splits.val if split == "validation" else splits.test)
+
+
+def held_out_rows(card: ModelCard, data: Path, split: Literal["validation", "test"] = "test", *,
+                  skip_bad_rows: bool = False) -> tuple[list[Example], str]:
+    """The model's held-out ``split`` when ``data`` is the file it was trained on (same sha256), else
+    every row of ``data``; and which of the two it is, for the reader."""
+    from monitor.tasks import load_task
+
+    task = load_task(card.training.get("task_source", card.task))
+    rows = model_split(card, task, data, split, skip_bad_rows=skip_bad_rows)
+    if rows is not None:
+        return rows, f"held-out {split} split"
+    skip_bad_rows = skip_bad_rows or bool(card.data.get("bad_rows_skipped"))  # the training run skipped some
+    return list(load_examples(data, task, skip_bad_rows=skip_bad_rows).examples), "every row"
+
+
 def balance_training_split(train: Sequence[Example], labels: Sequence[str], options: BalanceOptions,
                            seed: int, synonyms: Any = None) -> tuple[list[Example], dict[str, float] | None, dict]:
     """Augment the minority classes, resample, and compute class weights, as ``options`` say."""
@@ -156,9 +184,10 @@ def metric_scorer(task: TaskDefinition):
     return score
 
 
-def report_for(task: TaskDefinition, gold: Sequence[str], probabilities: np.ndarray) -> Report:
+def report_for(task: TaskDefinition, gold: Sequence[str], probabilities: np.ndarray,
+               predicted: Sequence[str] | None = None) -> Report:
     return evaluate(gold, probabilities, task.labels, metric=task.metric, positive_label=task.positive_label,
-                    metric_labels=task.metric_labels)
+                    metric_labels=task.metric_labels, predicted=predicted)
 
 
 def package_versions() -> dict[str, str]:
@@ -195,9 +224,13 @@ def train_model(
                        class_weights=weights, progress=progress)
 
     val_gold = np.array([index[e.label] for e in prepared.splits.val])
-    biases, temperature = calibrate(result.val_logits, val_gold, score if balance_options.tune_biases else None)
-    val_probs = softmax(result.val_logits, temperature, biases)
-    threshold = choose_threshold(val_probs.max(axis=1), max_escalation_share)
+    # Calibration first (probabilities), then the decision rule on top of them: the two stay apart.
+    calibration = fit_calibration(result.val_logits, val_gold, dtype=result.logits_dtype, seed=data_options.seed)
+    val_probs = calibration.apply(result.val_logits)
+    decision = fit_decision(val_probs, val_gold, score if balance_options.tune_biases else None, metric=task.metric)
+    val_served = decision.apply(val_probs)
+    val_confidence = val_probs[np.arange(len(val_served)), val_served]
+    threshold = choose_threshold(val_confidence, max_escalation_share)
 
     test = prepared.splits.test
     enc = {"max_length": finetune_config.max_length, "truncation": finetune_config.truncation,
@@ -208,9 +241,11 @@ def train_model(
                                  result.tokenizer.pad_token_id or 0, result.device, finetune_config.eval_batch_size)
     test_gold = [e.label for e in test]
     raw_test = report_for(task, test_gold, softmax(test_logits))
-    test_report = report_for(task, test_gold, softmax(test_logits, temperature, biases))
-    test_correct = np.array([labels[i] == g for i, g in zip(softmax(test_logits, temperature, biases).argmax(1),
-                                                            test_gold, strict=True)])
+    final_probs = calibration.apply(test_logits)
+    served = [labels[i] for i in decision.apply(final_probs)]
+    test_report = report_for(task, test_gold, final_probs, predicted=served)
+    test_top_correct = np.array([labels[i] == g for i, g in zip(final_probs.argmax(1), test_gold, strict=True)])
+    raw_val = softmax(result.val_logits)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     result.model.to("cpu").save_pretrained(out_dir, safe_serialization=True)
@@ -218,14 +253,16 @@ def train_model(
     weights_hash = file_sha256(out_dir / "model.safetensors")
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
-    final_probs = softmax(test_logits, temperature, biases)
     plot_confusion(test_report, plots / "confusion_test.png", title=f"{task.name}: test confusion")
-    plot_reliability(final_probs.max(1), test_correct, plots / "reliability_test.png",
-                     title=f"{task.name}: test reliability", before=softmax(test_logits).max(1))
+    plot_reliability(final_probs.max(1), test_top_correct, plots / "reliability_test.png",
+                     title=f"{task.name}: test reliability", before=softmax(test_logits).max(1),
+                     before_correct=softmax(test_logits).argmax(1) == np.array([index[g] for g in test_gold]))
+    plot_reliability(val_probs.max(1), val_probs.argmax(1) == val_gold, plots / "reliability_validation.png",
+                     title=f"{task.name}: validation reliability", before=raw_val.max(1),
+                     before_correct=raw_val.argmax(1) == val_gold)
     plot_precision_recall(test_gold, final_probs, labels, plots / "precision_recall_test.png",
                           title=f"{task.name}: test precision-recall")
 
-    val_correct = val_probs.argmax(1) == val_gold
     card = ModelCard(
         model_version=f"{task.name}-{weights_hash[:12]}",
         task=task.name,
@@ -238,16 +275,17 @@ def train_model(
         max_length=finetune_config.max_length,
         truncation=finetune_config.truncation,
         head_fraction=finetune_config.head_fraction,
-        temperature=temperature,
-        biases=[float(b) for b in biases],
+        format_version=2,
+        calibration=calibration,
+        decision=decision,
         escalation_threshold=threshold,
         escalation_max_share=max_escalation_share,
         metrics={
             "validation": {"task_metric_at_best_epoch": result.best_score,
-                           "ece_before": expected_calibration_error(softmax(result.val_logits).max(1),
-                                                                    softmax(result.val_logits).argmax(1) == val_gold),
-                           "ece_after": expected_calibration_error(val_probs.max(1), val_correct),
-                           "escalated_share": float((val_probs.max(1) < threshold).mean())},
+                           "ece_before": expected_calibration_error(raw_val.max(1), raw_val.argmax(1) == val_gold),
+                           "ece_after": expected_calibration_error(val_probs.max(1), val_probs.argmax(1) == val_gold),
+                           "ece_served": expected_calibration_error(val_confidence, val_served == val_gold),
+                           "escalated_share": float((val_confidence < threshold).mean())},
             "test_uncalibrated": raw_test.as_dict(),
             "test": test_report.as_dict(),
         },

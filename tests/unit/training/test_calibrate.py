@@ -71,21 +71,90 @@ def test_tune_biases_fixes_a_shifted_decision_boundary():
     assert best > base + 0.2
 
 
-def test_calibrate_keeps_tuned_decisions_and_calibrates_them():
-    from monitor.training.calibrate import calibrate
+def _minority_task(n: int, seed: int, *, overconfidence: float = 2.5):
+    """Binary task, class 1 a 10% minority; the network's logits are ``overconfidence`` times the true ones."""
+    rng = np.random.default_rng(seed)
+    true_logit = rng.normal(-2.6, 1.6, n)  # log-odds of class 1
+    gold = (rng.random(n) < 1 / (1 + np.exp(-true_logit))).astype(np.int64)
+    logits = np.stack([np.zeros(n), overconfidence * true_logit], axis=1)
+    return logits, gold
 
-    rng = np.random.default_rng(2)
-    gold = rng.integers(0, 2, 3000)
-    logits = np.stack([np.zeros(3000), 4.0 * (gold - 0.8) + rng.normal(0, 1.5, 3000)], axis=1)
 
-    def accuracy(pred, g):
-        return float((pred == g).mean())
+def _f1_positive(pred, gold):
+    tp = float(((pred == 1) & (gold == 1)).sum())
+    return 2 * tp / max(1.0, float((pred == 1).sum() + (gold == 1).sum()))
 
-    biases, temperature = calibrate(logits, gold, accuracy)
-    tuned = softmax(logits, temperature, biases)
-    assert accuracy(tuned.argmax(1), gold) > accuracy(logits.argmax(1), gold)
-    # The temperature is refit after the biases: probabilities of the tuned decisions are calibrated.
-    correct = tuned.argmax(1) == gold
-    assert expected_calibration_error(tuned.max(1), correct) < 0.03
-    none_biases, _ = calibrate(logits, gold, None)
-    assert not none_biases.any()
+
+def _top_ece(probs, gold):
+    return expected_calibration_error(probs.max(1), probs.argmax(1) == gold)
+
+
+def test_calibration_and_decision_rule_stay_apart():
+    """Known miscalibration (logits 2.5x too sharp) and a known better decision for a minority class's F1:
+    the calibration undoes the first, the decision rule finds the second, neither leaks into the other."""
+    from monitor.model_card import ModelCard
+    from monitor.training.calibrate import fit_calibration, fit_decision
+
+    val_logits, val_gold = _minority_task(6000, seed=3)
+    test_logits, test_gold = _minority_task(20000, seed=4)
+
+    calibration = fit_calibration(val_logits, val_gold)
+    assert calibration.method in ("temperature", "vector")
+    probs = calibration.apply(test_logits)
+    raw = softmax(test_logits)
+    assert _top_ece(raw, test_gold) > 0.05  # the miscalibration is real
+    assert _top_ece(probs, test_gold) < 0.02  # and undone
+    if calibration.method == "temperature":
+        assert calibration.temperature == pytest.approx(2.5, rel=0.1)
+
+    decision = fit_decision(calibration.apply(val_logits), val_gold, _f1_positive, metric="f1_positive")
+    assert decision.kind == "log_bias" and decision.biases[0] == 0 and decision.biases[1] > 0
+    served = decision.apply(probs)
+    assert _f1_positive(served, test_gold) > _f1_positive(probs.argmax(1), test_gold) + 0.02
+    # For F1 the best cut on a calibrated probability is below 0.5 (about F1*/2): the bias moves it there.
+    cut = probs[served == 1, 1].min()
+    assert 0.15 < cut < 0.45
+
+    card_fields = dict(model_version="t-1", task="t", labels=["no", "yes"], signal_labels=["yes"], metric="f1_positive",
+                       base_model="b", max_length=8, created_at="2026-01-01T00:00:00Z")
+    card = ModelCard(format_version=2, calibration=calibration, decision=decision, **card_fields)
+    bare = ModelCard(format_version=2, calibration=calibration, **card_fields)
+    # The decision never touches the served probabilities; it only picks the label.
+    np.testing.assert_array_equal(card.probabilities(test_logits), bare.probabilities(test_logits))
+    np.testing.assert_array_equal(card.decide(probs), served)
+    np.testing.assert_array_equal(bare.decide(probs), probs.argmax(1))
+
+    # The old recipe folded the biases into the logits before one temperature: its probabilities
+    # carried the decision shift and were worse calibrated than the raw softmax of a good model.
+    old = ModelCard(temperature=1.0, biases=[0.0, 2.5 * decision.biases[1]], **card_fields)
+    assert _top_ece(old.probabilities(test_logits), test_gold) > _top_ece(probs, test_gold) + 0.02
+
+
+def test_fit_calibration_prefers_the_simpler_method_when_it_is_enough():
+    from monitor.training.calibrate import fit_calibration
+
+    logits, gold = _sampled(2.0, n=4000, seed=5)
+    fitted = fit_calibration(logits, gold)
+    assert fitted.method == "temperature" or fitted.nll["vector"] < fitted.nll["temperature"]
+    assert set(fitted.nll) == {"none", "temperature", "vector"}
+    assert fitted.nll["none"] > fitted.nll["temperature"]
+
+
+def test_vector_scaling_fixes_a_per_class_shift_temperature_cannot():
+    from monitor.training.calibrate import fit_calibration
+
+    logits, gold = _sampled(1.0, n=6000, k=3, seed=7)
+    shifted = logits + np.array([0.0, 1.5, -1.0])  # a per-class offset: one temperature cannot undo it
+    fitted = fit_calibration(shifted, gold)
+    assert fitted.method == "vector"
+    assert np.allclose(np.asarray(fitted.offset) - fitted.offset[0], [0.0, -1.5, 1.0], atol=0.25)
+    fresh, fresh_gold = _sampled(1.0, n=6000, k=3, seed=8)
+    assert _top_ece(fitted.apply(fresh + np.array([0.0, 1.5, -1.0])), fresh_gold) < 0.02
+
+
+def test_calibration_of_a_tiny_split_falls_back_to_temperature():
+    from monitor.training.calibrate import fit_calibration
+
+    logits, gold = _sampled(1.0, n=6, seed=9)
+    assert fit_calibration(logits, gold).method == "temperature"
+    assert fit_calibration(np.zeros((0, 3)), np.zeros(0, dtype=np.int64)).method == "none"
