@@ -56,8 +56,10 @@ class TaskModel:
         return tuple(self.card.labels)
 
 
-def read_task_models(folders: Sequence[Path], *, explainer: Explainer | None = None) -> list[TaskModel]:
-    """Each folder's card and task (and, with an explainer, the mode its measurement allows)."""
+def read_task_models(folders: Sequence[Path], *, explainer: Explainer | None = None,
+                     policy: Policy | None = None) -> list[TaskModel]:
+    """Each folder's card and task (and, with an explainer, the mode its measurement under ``policy`` allows)."""
+    policy = policy or Policy()
     if not folders:
         raise ConfigError("no trained model configured: set MONITOR_CLASSIFIER__MODELS (train one with `monitor train`)")
     models = []
@@ -65,7 +67,7 @@ def read_task_models(folders: Sequence[Path], *, explainer: Explainer | None = N
         card = read_card(folder)
         task = load_task(card.training.get("task_source", card.task))
         mode, why = ("explain", "no explainer") if explainer is None else allowed_mode(
-            folder, explainer.model_name, prompt_version(task))
+            folder, explainer.model_name, prompt_version(task), policy)
         models.append(TaskModel(Path(folder), task, card, mode, why))  # type: ignore[arg-type]
     tasks = [m.task.name for m in models]
     if len(set(tasks)) != len(tasks):
@@ -107,11 +109,11 @@ class Runtime:
             raise ConfigError(f"unknown role(s) {sorted(unknown)}: choose from {', '.join(ROLES)}")
         if "explain" in wanted and explainer is None:
             explainer = load_explainer(settings, gguf)
+        policy = policy_from_settings(settings.explainer)
         models = read_task_models(list(folders) if folders is not None else list(settings.classifier.models),
-                                  explainer=explainer if "explain" in wanted else None)
+                                  explainer=explainer if "explain" in wanted else None, policy=policy)
         runtime = cls(settings=settings, roles=wanted, models={m.task.name: m for m in models},
-                      explainer=explainer if "explain" in wanted else None,
-                      policy=policy_from_settings(settings.explainer))
+                      explainer=explainer if "explain" in wanted else None, policy=policy)
         if "classify" in wanted:
             runtime.classifiers = load_classifiers(models, settings)
         if runtime.explainer is not None:

@@ -80,18 +80,27 @@ def explain(
 def explain_eval(
     ctx: typer.Context,
     model: Path = typer.Argument(..., help="Trained model folder"),
-    data: Path = typer.Argument(..., exists=True, dir_okay=False, help="Labeled data (the training file = its test split)"),
+    data: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                help="Labeled data (the training file = its validation and test splits)"),
     gguf: Path | None = typer.Option(None, help="GGUF file (default: explainer.model_path or SmolLM2)"),
-    verify_signals: bool = typer.Option(False, help="Also escalate every predicted signal label (the ALEX rule)"),
-    below_threshold: bool = typer.Option(True, help="Escalate below the model card's confidence threshold"),
+    verify_signals: bool | None = typer.Option(None, "--verify-signals/--no-verify-signals",
+                                               help="Also escalate every predicted signal label (the ALEX rule; "
+                                                    "default: explainer.verify_signals)"),
+    below_threshold: bool | None = typer.Option(None, "--below-threshold/--no-below-threshold",
+                                                help="Escalate below the confidence threshold "
+                                                     "(default: explainer.below_threshold)"),
     max_share: float = typer.Option(0.10, min=0.0, max=1.0, help="Cap on the share of posts escalated"),
-    limit: int | None = typer.Option(None, min=1, help="Use only the first N posts of the split"),
+    limit: int | None = typer.Option(None, min=1, help="Use only the first N posts of each split"),
     record: bool = typer.Option(True, help="Record the allowed mode in MODEL/explainer_policy.json"),
     out: Path | None = typer.Option(None, help="Write the full report (JSON) here"),
 ) -> None:
-    """Measure the explainer under a policy: F1 before/after, flips and how many were right, agreement,
-    unverified share, explanations/s. Allows `correct` mode only if the task metric does not drop."""
-    from monitor.assessment import assess, write_policy
+    """Measure the explainer under the worker's escalation policy: F1 before/after, flips and how many
+    were right, agreement, unverified share, explanations/s, and the adversarial suite against benign
+    edits. The grant is decided on the model's validation split (the test split is reported beside it)
+    and recorded for (LLM, prompt version, escalation policy): `correct` mode only if the task metric
+    does not drop, the flips beat chance, and attacks move verdicts no more than benign edits do."""
+    from monitor.assessment import Robustness, assess, write_policy
+    from monitor.explainer.adversarial import run_suite
     from monitor.explainer.policy import Policy
     from monitor.model_card import read_card
     from monitor.runtime import Runtime
@@ -101,37 +110,58 @@ def explain_eval(
     settings = settings_of(ctx)
     card = read_card(model)
     task = load_task(card.training.get("task_source", card.task))
-    rows, which = held_out_rows(card, data, "test")
-    rows = list(rows)[:limit] if limit else list(rows)
+    splits = {"validation": held_out_rows(card, data, "validation")}
+    if splits["validation"][1] != "every row":  # the training file: the test split is reported beside
+        splits["test"] = held_out_rows(card, data, "test")
     runtime = Runtime.build(settings, ["classify", "explain"], folders=[model], gguf=gguf)
     classifier, explainer = runtime.classifiers[task.name], runtime.explainer
     assert explainer is not None  # the explain role loads it
-    policy = Policy(mode="correct", below_threshold=below_threshold, verify_signals=verify_signals, max_share=max_share)
-    progress = Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    configured = runtime.policy
+    policy = Policy(mode="correct", max_share=max_share, threshold=configured.threshold,
+                    below_threshold=configured.below_threshold if below_threshold is None else below_threshold,
+                    verify_signals=configured.verify_signals if verify_signals is None else verify_signals)
+    probe_label = (task.signal_labels or task.labels)[0]
+    reports = {}
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console)
     with progress:
-        job = progress.add_task("explain", total=None)
-        report = assess(classifier, explainer, task, [e.text for e in rows], [e.label for e in rows], policy,
-                        on_explained=lambda n, total: progress.update(job, completed=n, total=total))
-    table = Table("measure", "value", title=f"explain-eval: {task.name} ({which}, {report.posts} posts)")
-    for name, value in [
-        (f"{report.metric_name} before -> after", f"{report.metric_before:.4f} -> {report.metric_after:.4f}"),
-        ("escalated", f"{report.escalated} ({report.escalated / max(report.posts, 1):.1%})"),
-        ("verified / unverified", f"{report.verified} / {report.unverified} ({report.unverified_share:.1%} unverified)"),
-        ("agreement (confirm share of verified)", f"{report.agreement_rate:.1%}"),
-        ("flips (right / wrong)", f"{report.flips} ({report.flips_right} / {report.flips_wrong})"),
-        ("share of flips that were right", f"{report.flips_right_share:.1%}"),
-        ("LLM label accuracy on escalated", "-" if report.llm_accuracy_on_escalated is None
-         else f"{report.llm_accuracy_on_escalated:.1%}"),
-        ("explanations/s, mean latency", f"{report.explanations_per_s:.2f}/s, {report.mean_latency_s:.2f} s"),
-        ("cache hits", str(report.cache_hits)),
-        ("allowed mode", f"[bold]{report.allowed_mode}[/]: {report.why}"),
-    ]:
-        table.add_row(name, value)
+        job = progress.add_task(f"adversarial suite (label {probe_label})", total=None)
+        suite = run_suite(explainer.explain, task, probe_label)
+        robustness = Robustness(suite.change_rate, suite.self_disagreement_rate, suite.cases)
+        progress.update(job, completed=suite.cases, total=suite.cases)
+        for split, (rows, which) in splits.items():
+            rows = list(rows)[:limit] if limit else list(rows)
+            job = progress.add_task(f"explaining ({split}: {which})", total=None)
+            reports[split] = assess(classifier, explainer, task, [e.text for e in rows], [e.label for e in rows],
+                                    policy, robustness=robustness, split=which,
+                                    on_explained=lambda n, total, job=job: progress.update(job, completed=n,
+                                                                                           total=total))
+    grant = reports["validation"]
+    table = Table("measure", *(f"{r.split} ({r.posts} posts)" for r in reports.values()),
+                  title=f"explain-eval: {task.name} · {explainer.model_name} · {policy.escalation_key}")
+    rows_shown = [
+        (f"{grant.metric_name} before -> after", lambda r: f"{r.metric_before:.4f} -> {r.metric_after:.4f}"),
+        ("escalated", lambda r: f"{r.escalated} ({r.escalated / max(r.posts, 1):.1%})"),
+        ("verified / unverified", lambda r: f"{r.verified} / {r.unverified} ({r.unverified_share:.1%} unverified)"),
+        ("agreement (confirm share of verified)", lambda r: f"{r.agreement_rate:.1%}"),
+        ("flips (right / wrong)", lambda r: f"{r.flips} ({r.flips_right} / {r.flips_wrong})"),
+        ("share of flips that were right", lambda r: f"{r.flips_right_share:.1%}"),
+        ("LLM label accuracy on escalated", lambda r: "-" if r.llm_accuracy_on_escalated is None
+         else f"{r.llm_accuracy_on_escalated:.1%}"),
+        ("explanations/s, mean latency", lambda r: f"{r.explanations_per_s:.2f}/s, {r.mean_latency_s:.2f} s"),
+        ("cache hits", lambda r: str(r.cache_hits)),
+    ]
+    for name, show in rows_shown:
+        table.add_row(name, *(show(r) for r in reports.values()))
     console.print(table)
+    console.print(f"adversarial suite: attacks changed {robustness.attack_change_rate:.1%} of verdicts, benign edits "
+                  f"{robustness.self_disagreement_rate:.1%} ({robustness.cases} cases, label {probe_label})")
+    console.print(f"allowed mode (decided on {grant.split}): [bold]{grant.allowed_mode}[/]: {grant.why}")
     if record:
-        console.print(f"recorded in {write_policy(model, report)}")
+        console.print(f"recorded in {write_policy(model, grant, policy, test=reports.get('test'), robustness=robustness)}")
     if out:
-        out.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+        out.write_text(json.dumps({"policy": policy.escalation_key, "robustness": robustness.__dict__,
+                                   **{split: r.as_dict() for split, r in reports.items()}}, indent=2) + "\n")
 
 
 def explain_adversarial(
@@ -144,9 +174,9 @@ def explain_adversarial(
 ) -> None:
     """Run the adversarial suite: how often an injection in the post changes the verdict, per attack.
 
-    Every base post is explained as written and with each attack appended (orders, fake JSON, role
-    tags, fence escapes, padding, other languages, forged replies); every reply must still obey the
-    output contract. The cache is off for this run, so each case is really generated.
+    Every base post is explained as written, under benign edits (the self-disagreement floor) and with
+    each attack appended (orders, fake JSON, role tags, fence escapes, padding, other languages, forged
+    replies); every reply must still obey the output contract. The cache is off for this run, so each case is really generated.
     """
     from monitor.explainer.adversarial import ATTACKS, BASE_POSTS, AdversarialReport, run_suite
     from monitor.runtime import load_explainer
@@ -175,5 +205,7 @@ def explain_adversarial(
                                 + (f" ({r.unverified[attack]} unverified)" if r.unverified[attack] else "")
                                 for r in reports))
     table.add_row("[bold]change rate[/]", *(f"[bold]{r.change_rate:.1%}[/]" for r in reports))
+    table.add_row("self-disagreement (benign edits)",
+                  *(f"{r.self_disagreement_rate:.1%} ({r.benign_changed}/{r.benign})" for r in reports))
     table.add_row("valid replies", *(f"{r.valid}/{r.cases}" for r in reports))
     console.print(table)

@@ -25,6 +25,13 @@ class Policy:
     max_share: float = 0.10            # explain-eval: at most this share of an evaluation set is escalated
     threshold: float | None = None     # overrides the model card's escalation threshold
 
+    @property
+    def escalation_key(self) -> str:
+        """Which posts this policy escalates in a stream (``max_share`` caps evaluations only, ``mode`` is
+        what a measurement grants): a grant measured under one key does not hold under another."""
+        threshold = "card" if self.threshold is None else f"{self.threshold:.4f}"
+        return f"below_threshold={int(self.below_threshold)},verify_signals={int(self.verify_signals)},threshold={threshold}"
+
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_share <= 1.0:
             raise ValueError("max_share must be within [0, 1]")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from monitor.config import ExplainerSettings
-from monitor.explainer.adversarial import ATTACKS, BASE_POSTS, is_valid, run_suite
+from monitor.explainer.adversarial import ATTACKS, BASE_POSTS, BENIGN_EDITS, is_valid, run_suite
 from monitor.explainer.llm import ExplanationCache, LlamaExplainer
 from monitor.models import default_gguf_path
 from monitor.tasks import load_task
@@ -136,7 +136,7 @@ def test_a_prompt_too_long_for_the_context_is_unverified_not_cached_not_a_crash(
 
 def test_adversarial_posts_never_break_the_contract(explainer: LlamaExplainer):
     report = run_suite(explainer.explain, ADR, "severe_adr", posts=BASE_POSTS[:2])
-    assert report.cases == 2 * (1 + len(ATTACKS))
+    assert report.cases == 2 * (1 + len(BENIGN_EDITS) + len(ATTACKS))
     assert report.valid == report.cases, report.as_dict()
     # The grammar holds even when the post fights it, and the default context (4096) fits the longest
     # post the prompt keeps (4,000 characters of Latin filler are ~1,570 tokens, plus a ~550-token prefix).
@@ -156,6 +156,7 @@ def test_explain_adversarial_command_reports_the_change_rate_per_attack(tmp_path
     assert result.returncode == 0, result.stderr[-2000:]
     [report] = json.loads(result.stdout)["reports"]
     assert report["per_attack"] == {name: 1 for name in ATTACKS}
-    assert report["valid"] == report["cases"] == 1 + len(ATTACKS)
+    assert report["valid"] == report["cases"] == 1 + len(BENIGN_EDITS) + len(ATTACKS)
     assert 0.0 <= report["change_rate"] <= 1.0
+    assert report["benign"] == len(BENIGN_EDITS) and 0.0 <= report["self_disagreement_rate"] <= 1.0
     assert not (tmp_path / "explanations.sqlite").exists()  # the suite bypasses the cache
