@@ -41,6 +41,7 @@ from monitor.cpu_tuning import (
 from monitor.encoding import encode, length_sorted_batches, normalise_text, precut
 from monitor.errors import ModelError
 from monitor.evaluation import confusion_matrix, task_metric
+from monitor.lexical import LexicalModel
 from monitor.model_card import ModelCard, read_card
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ TUNE_TOKENS = 64
 TUNE_ROUNDS = 2
 #: Batches tokenised per tokenizer call (see ``EncoderClassifier.logits``).
 CHUNK_BATCHES = 8
+#: A stack's lexical model reads at most this many characters of a post (its n-grams cost per character).
+LEXICAL_CHARS = 20_000
 
 
 def resolve_device(requested: str) -> str:
@@ -223,8 +226,11 @@ class EncoderClassifier:
 
     def __init__(self, model, tokenizer, card: ModelCard, *, device: str, batch_size: int,  # noqa: ANN001
                  overlap_tokenize: bool | None = None, weights: WeightDtype | None = None,
-                 tuning: Tuning | None = None):
+                 tuning: Tuning | None = None, lexical: LexicalModel | None = None):
+        if card.stack is not None and lexical is None:
+            raise ModelError(f"{card.model_version} is a stack: its lexical model is needed too")
         self.model = model
+        self.lexical = lexical
         self.weights = weights
         #: What dtype=auto measured (or read from the cache) on a CPU; None for an explicit dtype or CUDA.
         self.tuning = tuning
@@ -271,8 +277,9 @@ class EncoderClassifier:
         else:
             weights = "bfloat16" if settings.dtype == "auto" else settings.dtype
             model = with_weights(model, weights, device)
+        lexical = LexicalModel.load(folder) if card.stack is not None else None
         return cls(model, tokenizer, card, device=device, batch_size=settings.batch_size,
-                   overlap_tokenize=settings.overlap_tokenize, weights=weights, tuning=tuning)
+                   overlap_tokenize=settings.overlap_tokenize, weights=weights, tuning=tuning, lexical=lexical)
 
     @property
     def dtype(self) -> str:
@@ -309,7 +316,16 @@ class EncoderClassifier:
         return ids, mask
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """Raw logits, in the order of ``texts``.
+        """The model's raw logits (before the card's calibration), in the order of ``texts``: the
+        encoder's, or for a stack its meta-model's over the encoder and the lexical model."""
+        out = self.encoder_logits(texts)
+        if self.card.stack is None or self.lexical is None:
+            return out
+        lexical = self.lexical.log_proba([normalise_text(t)[:LEXICAL_CHARS] for t in texts])
+        return self.card.stack.combine(out, lexical)
+
+    def encoder_logits(self, texts: Sequence[str]) -> np.ndarray:
+        """The encoder's raw logits, in the order of ``texts``.
 
         Texts are cut by characters first (a 1 MB post never reaches the tokenizer whole), then
         tokenised in one call per chunk of ``CHUNK_BATCHES`` batches (the fast tokenizer spreads a
@@ -374,7 +390,7 @@ def check_int8(folder: Path, texts: Sequence[str], gold: Sequence[str], *, measu
     fp32 = EncoderClassifier.load(folder, ClassifierSettings(device="cpu", batch_size=batch_size, dtype="float32",
                                                              tuning_cache=None))
     int8 = EncoderClassifier(quantize_int8(fp32.model, inplace=False), fp32.tokenizer, card, device="cpu",
-                             batch_size=batch_size, weights="int8")
+                             batch_size=batch_size, weights="int8", lexical=fp32.lexical)
     labels = list(card.labels)
     pred32 = [labels[i] for i in fp32.decide(fp32.predict_proba(texts))]
     pred8 = [labels[i] for i in int8.decide(int8.predict_proba(texts))]

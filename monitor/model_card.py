@@ -70,6 +70,31 @@ class DecisionRule(BaseModel):
         return (np.log(np.clip(p, 1e-12, 1.0)) + np.asarray(self.biases)).argmax(axis=1)
 
 
+class StackSpec(BaseModel):
+    """A stacked model: the encoder's calibrated log-probabilities and the lexical model's
+    (``monitor.lexical``) combined by a multinomial logistic regression fitted on validation."""
+
+    model_config = ConfigDict(frozen=True)
+
+    members: list[str] = Field(default_factory=lambda: ["encoder", "lexical"])
+    encoder_calibration: Calibration
+    coef: list[list[float]]  # (labels, 2 * labels): [log p_encoder, log p_lexical]
+    intercept: list[float]
+    folds: int = 5  # out-of-fold predictions on validation fitted the stack's calibration and decision
+
+    def combine(self, encoder_logits: np.ndarray, lexical_log_proba: np.ndarray) -> np.ndarray:
+        """The stack's logits (before the card's calibration) from its members' outputs."""
+        features = stack_features(self.encoder_calibration, encoder_logits, lexical_log_proba)
+        return features @ np.asarray(self.coef).T + np.asarray(self.intercept)
+
+
+def stack_features(encoder_calibration: Calibration, encoder_logits: np.ndarray,
+                   lexical_log_proba: np.ndarray) -> np.ndarray:
+    """What a stack's meta-model reads: [log calibrated p_encoder, log p_lexical] per row."""
+    encoder = np.log(np.clip(encoder_calibration.apply(encoder_logits), 1e-12, 1.0))
+    return np.concatenate([encoder, np.asarray(lexical_log_proba, dtype=np.float64)], axis=1)
+
+
 class ModelCard(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow")
 
@@ -91,6 +116,7 @@ class ModelCard(BaseModel):
     recalibrated: dict[str, Calibration] = Field(
         default_factory=dict, description="calibrations refitted for other serving dtypes (`monitor models calibrate`)")
     decision: DecisionRule | None = None
+    stack: StackSpec | None = Field(None, description="set when the folder is an encoder + lexical stack")
     escalation_threshold: float = 0.0
     escalation_max_share: float = 0.1
     metrics: dict[str, Any] = Field(default_factory=dict)
@@ -110,6 +136,9 @@ class ModelCard(BaseModel):
         if self.calibration is not None and self.calibration.scale is not None \
                 and len(self.calibration.scale) != len(self.labels):
             raise ValueError(f"{len(self.calibration.scale)} calibration scales for {len(self.labels)} labels")
+        if self.stack is not None and (len(self.stack.coef) != len(self.labels)
+                                       or any(len(row) != 2 * len(self.labels) for row in self.stack.coef)):
+            raise ValueError(f"stack coefficients must be {len(self.labels)} x {2 * len(self.labels)}")
         if self.decision is not None and self.decision.biases and len(self.decision.biases) != len(self.labels):
             raise ValueError(f"{len(self.decision.biases)} decision biases for {len(self.labels)} labels")
         return self

@@ -51,6 +51,17 @@ def print_card_summary(card: ModelCard, out: Path) -> None:
     table.add_row("best epoch / seconds", f"{card.training['best_epoch']} / {card.training['seconds']:.0f}")
     table.add_row("model version", card.model_version)
     console.print(table)
+    members = card.metrics.get("members") or {}
+    if len(members) > 1 or card.stack is not None:
+        compare = Table("test split", test["task_metric"]["name"], "macro-F1", "micro-F1", "ECE",
+                        title="what the folder holds, each with its own calibration and decision rule")
+        served = {"served (stack)" if card.stack is not None else "served": test}
+        for name, m in {**members, **served}.items():
+            compare.add_row(name, f"{m['task_metric']['value']:.4f}", f"{m['macro_f1']:.4f}", f"{m['micro_f1']:.4f}",
+                            f"{m['ece']:.4f}")
+        console.print(compare)
+        if card.stack is None and card.data.get("stack", {}).get("skipped"):
+            console.print(f"[yellow]no stack:[/] {card.data['stack']['skipped']}")
     for label, scores in test["per_class"].items():
         console.print(f"  {label:>16}: P {scores['precision']:.3f}  R {scores['recall']:.3f}  "
                       f"F1 {scores['f1']:.3f}  n={scores['support']}")
@@ -78,8 +89,13 @@ def train(
     max_escalation_share: float = typer.Option(0.1, min=0.0, max=1.0, help="Share of posts the threshold may escalate"),
     skip_bad_rows: bool = typer.Option(False, help="Skip (and report) malformed rows instead of failing"),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N (default: classifier.device)"),
+    stack: bool = typer.Option(False, help="Also fit a TF-IDF word+char lexical model and stack it with the "
+                                           "encoder (a meta-model fitted on validation)"),
 ) -> None:
-    """Fine-tune a classifier with ALEX balancing; calibrate it; write weights, tokenizer and model_card.json."""
+    """Fine-tune a classifier with ALEX balancing; calibrate it; write weights, tokenizer and model_card.json.
+
+    The card compares, on the test split, every member the folder holds (the encoder; with --stack the
+    lexical model too) with what the folder serves."""
     from monitor.models import default_encoder_path
     from monitor.tasks import load_task
     from monitor.training.finetune import FineTuneConfig
@@ -97,6 +113,6 @@ def train(
     data_options = DataOptions(seed=seed, train_subsample=train_subsample, skip_bad_rows=skip_bad_rows)
     with training_progress() as progress:
         card = train_model(definition, task, data, out, data_options=data_options, balance_options=balance,
-                           finetune_config=config, max_escalation_share=max_escalation_share,
+                           finetune_config=config, max_escalation_share=max_escalation_share, stack=stack,
                            synonyms=WordNetSynonyms() if augment else None, progress=progress)
     print_card_summary(card, out)

@@ -30,7 +30,7 @@ from monitor.evaluation import (
     plot_reliability,
     task_metric,
 )
-from monitor.model_card import ModelCard, softmax, write_card
+from monitor.model_card import Calibration, DecisionRule, ModelCard, softmax, write_card
 from monitor.models import file_sha256
 from monitor.tasks import TaskDefinition
 from monitor.training import augment, balance
@@ -116,6 +116,24 @@ def prepare(task: TaskDefinition, data_path: Path, options: DataOptions) -> Prep
                          "test": dict(label_counts(splits.test))},
     }
     return PreparedData(splits, train, notes)
+
+
+@dataclass(frozen=True)
+class Head:
+    """How logits become served labels: a calibration, then a decision rule, both fitted on validation."""
+
+    calibration: Calibration
+    decision: DecisionRule
+
+    def report(self, task: TaskDefinition, logits: np.ndarray, gold: Sequence[str]) -> Report:
+        probs = self.calibration.apply(logits)
+        return report_for(task, gold, probs, predicted=[task.labels[i] for i in self.decision.apply(probs)])
+
+
+def fit_head(task: TaskDefinition, logits: np.ndarray, gold: np.ndarray, score: Any, *, dtype: str,
+             seed: int) -> Head:
+    calibration = fit_calibration(logits, gold, dtype=dtype, seed=seed)
+    return Head(calibration, fit_decision(calibration.apply(logits), gold, score, metric=task.metric))
 
 
 def model_split(card: ModelCard, task: TaskDefinition, data: Path, split: Literal["validation", "test"], *,
@@ -209,10 +227,14 @@ def train_model(
     balance_options: BalanceOptions,
     finetune_config: FineTuneConfig,
     max_escalation_share: float = 0.1,
+    stack: bool = False,
     synonyms: Any = None,
     progress: Any = None,
 ) -> ModelCard:
-    """Train, calibrate, evaluate on the held-out split and write the model folder."""
+    """Train, calibrate, evaluate on the held-out split and write the model folder.
+
+    With ``stack`` the folder also holds a lexical model (``monitor.lexical``) and the card a stack
+    that combines it with the encoder; every member's test report is in ``metrics.members``."""
     started = time.monotonic()
     prepared = prepare(task, data_path, data_options)
     labels = list(task.labels)
@@ -224,32 +246,59 @@ def train_model(
                        class_weights=weights, progress=progress)
 
     val_gold = np.array([index[e.label] for e in prepared.splits.val])
-    # Calibration first (probabilities), then the decision rule on top of them: the two stay apart.
-    calibration = fit_calibration(result.val_logits, val_gold, dtype=result.logits_dtype, seed=data_options.seed)
-    val_probs = calibration.apply(result.val_logits)
-    decision = fit_decision(val_probs, val_gold, score if balance_options.tune_biases else None, metric=task.metric)
-    val_served = decision.apply(val_probs)
-    val_confidence = val_probs[np.arange(len(val_served)), val_served]
-    threshold = choose_threshold(val_confidence, max_escalation_share)
-
+    tuned_for = score if balance_options.tune_biases else None
     test = prepared.splits.test
+    test_gold = [e.label for e in test]
     enc = {"max_length": finetune_config.max_length, "truncation": finetune_config.truncation,
            "head_fraction": finetune_config.head_fraction}
     from monitor.encoding import encode
 
-    test_logits = predict_logits(result.model, encode(result.tokenizer, [e.text for e in test], **enc),
-                                 result.tokenizer.pad_token_id or 0, result.device, finetune_config.eval_batch_size)
-    test_gold = [e.label for e in test]
+    encoder_test_logits = predict_logits(result.model, encode(result.tokenizer, [e.text for e in test], **enc),
+                                         result.tokenizer.pad_token_id or 0, result.device,
+                                         finetune_config.eval_batch_size)
+    # Calibration first (probabilities), then the decision rule on top of them: the two stay apart.
+    encoder_head = fit_head(task, result.val_logits, val_gold, tuned_for, dtype=result.logits_dtype,
+                            seed=data_options.seed)
+    members = {"encoder": encoder_head.report(task, encoder_test_logits, test_gold).as_dict()}
+    spec, stack_notes = None, {"requested": stack}
+    val_logits, test_logits, head = result.val_logits, encoder_test_logits, encoder_head
+    if stack:
+        from monitor.lexical import LexicalModel
+        from monitor.training.stacking import fit_stack
+
+        lexical = LexicalModel.fit([e.text for e in prepared.train], [e.label for e in prepared.train], labels,
+                                   seed=data_options.seed)
+        lexical_val = lexical.log_proba([e.text for e in prepared.splits.val])
+        lexical_test = lexical.log_proba([e.text for e in test])
+        lexical_head = fit_head(task, lexical_val, val_gold, tuned_for, dtype="float64", seed=data_options.seed)
+        members["lexical"] = lexical_head.report(task, lexical_test, test_gold).as_dict()
+        fitted = fit_stack(encoder_head.calibration, result.val_logits, lexical_val, val_gold, len(labels),
+                           seed=data_options.seed)
+        if fitted is None:
+            stack_notes["skipped"] = "a class has fewer than 2 validation rows: too few to fit a stack on"
+        else:
+            spec = fitted.spec
+            # The stack's own head is fitted on out-of-fold stacked logits, never on rows its meta-model saw.
+            val_logits, test_logits = fitted.oof_logits, spec.combine(encoder_test_logits, lexical_test)
+            head = fit_head(task, val_logits, val_gold, tuned_for, dtype=result.logits_dtype, seed=data_options.seed)
+            stack_notes["lexical_features"] = {name: len(v) for name, v in lexical.vocabularies.items()}
+    calibration, decision = head.calibration, head.decision
+    val_probs = calibration.apply(val_logits)
+    val_served = decision.apply(val_probs)
+    val_confidence = val_probs[np.arange(len(val_served)), val_served]
+    threshold = choose_threshold(val_confidence, max_escalation_share)
+
     raw_test = report_for(task, test_gold, softmax(test_logits))
     final_probs = calibration.apply(test_logits)
-    served = [labels[i] for i in decision.apply(final_probs)]
-    test_report = report_for(task, test_gold, final_probs, predicted=served)
+    test_report = head.report(task, test_logits, test_gold)
     test_top_correct = np.array([labels[i] == g for i, g in zip(final_probs.argmax(1), test_gold, strict=True)])
-    raw_val = softmax(result.val_logits)
+    raw_val = softmax(val_logits)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     result.model.to("cpu").save_pretrained(out_dir, safe_serialization=True)
     result.tokenizer.save_pretrained(out_dir)
+    if spec is not None:
+        lexical.save(out_dir)
     weights_hash = file_sha256(out_dir / "model.safetensors")
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
@@ -278,6 +327,7 @@ def train_model(
         format_version=2,
         calibration=calibration,
         decision=decision,
+        stack=spec,
         escalation_threshold=threshold,
         escalation_max_share=max_escalation_share,
         metrics={
@@ -288,8 +338,9 @@ def train_model(
                            "escalated_share": float((val_confidence < threshold).mean())},
             "test_uncalibrated": raw_test.as_dict(),
             "test": test_report.as_dict(),
+            "members": members,
         },
-        data={**prepared.notes, "balancing": balance_notes},
+        data={**prepared.notes, "balancing": balance_notes, "stack": stack_notes},
         training={"task_source": task_source, "seed": data_options.seed, "device": result.device,
                   "best_epoch": result.best_epoch, "history": result.history,
                   "config": {k: str(v) if isinstance(v, Path) else v

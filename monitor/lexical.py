@@ -1,0 +1,129 @@
+"""A lexical model: TF-IDF word 1-2-grams and character 2-5-grams, multinomial logistic regression.
+
+The second member of a stacked model folder (``monitor.stacking``): cheap on a CPU (a sparse product
+per post), strong where a few words decide (a drug name, "side effect"), and wrong in different ways
+from a fine-tuned encoder, which is what makes stacking the two pay.
+
+Saved as plain arrays (``lexical.npz``, no pickle): both vocabularies, their idf weights and the
+regression's coefficients; the transform is rebuilt from them exactly (scikit-learn's analyzers with
+the same options, then sublinear tf, idf and L2 normalisation, as ``TfidfVectorizer`` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from monitor.errors import ModelError
+
+LEXICAL_FILE = "lexical.npz"
+#: (name, CountVectorizer options, most features kept): the two views of the text.
+VIEWS = (
+    ("word", {"analyzer": "word", "ngram_range": (1, 2), "lowercase": True}, 100_000),
+    ("char", {"analyzer": "char_wb", "ngram_range": (2, 5), "lowercase": True}, 150_000),
+)
+
+
+def _counter(options: dict, vocabulary: Sequence[str] | None = None, max_features: int | None = None):
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    if vocabulary is not None:
+        return CountVectorizer(vocabulary={term: i for i, term in enumerate(vocabulary)}, **options)
+    return CountVectorizer(min_df=2, max_features=max_features, **options)
+
+
+def _tfidf(counts, idf: np.ndarray):  # noqa: ANN001, ANN202 - scipy sparse in and out
+    from sklearn.preprocessing import normalize
+
+    x = counts.astype(np.float64)
+    x.data = 1.0 + np.log(x.data)  # sublinear tf
+    return normalize(x.multiply(idf).tocsr(), norm="l2", copy=False)
+
+
+@dataclass
+class LexicalModel:
+    labels: tuple[str, ...]
+    vocabularies: dict[str, list[str]]
+    idf: dict[str, np.ndarray]
+    coef: np.ndarray  # (labels, features)
+    intercept: np.ndarray  # (labels,)
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], gold: Sequence[str], labels: Sequence[str], *, c: float = 4.0,
+            seed: int = 13) -> LexicalModel:
+        """Fit both vocabularies (terms in at least 2 posts, the most frequent kept) and the regression."""
+        from scipy.sparse import hstack
+        from sklearn.linear_model import LogisticRegression
+
+        vocabularies, idf, blocks = {}, {}, []
+        n = len(texts)
+        for name, options, most in VIEWS:
+            counter = _counter(options, max_features=most)
+            try:
+                counts = counter.fit_transform(texts).tocsr()
+            except ValueError:  # no term in two posts (a tiny set): this view adds nothing
+                vocabularies[name], idf[name] = [], np.zeros(0)
+                continue
+            vocabulary = sorted(counter.vocabulary_, key=counter.vocabulary_.get)
+            document_frequency = np.bincount(counts.indices, minlength=len(vocabulary))
+            vocabularies[name] = vocabulary
+            idf[name] = np.log((1 + n) / (1 + document_frequency)) + 1.0  # smooth idf, as scikit-learn's
+            blocks.append(_tfidf(counts, idf[name]))
+        if not blocks:
+            raise ModelError("the lexical model found no term used in two posts: too little training text")
+        x = hstack(blocks).tocsr()
+        index = {label: i for i, label in enumerate(labels)}
+        y = np.array([index[g] for g in gold])
+        regression = LogisticRegression(C=c, max_iter=3000, random_state=seed).fit(x, y)
+        coef = np.zeros((len(labels), x.shape[1]))
+        intercept = np.full(len(labels), -30.0)  # a label absent from the training rows: never predicted
+        present = list(regression.classes_)
+        if len(present) == 2:  # scikit-learn keeps one row of coefficients for two classes
+            coef[present[1]], intercept[present[1]] = regression.coef_[0], regression.intercept_[0]
+            coef[present[0]], intercept[present[0]] = 0.0, 0.0
+        else:
+            for row, label in enumerate(present):
+                coef[label], intercept[label] = regression.coef_[row], regression.intercept_[row]
+        return cls(tuple(labels), vocabularies, idf, coef, intercept)
+
+    def features(self, texts: Sequence[str]):  # noqa: ANN201 - a scipy CSR matrix
+        from scipy.sparse import csr_matrix, hstack
+
+        blocks = []
+        for name, options, _ in VIEWS:
+            vocabulary = self.vocabularies.get(name) or []
+            if not vocabulary:
+                continue
+            blocks.append(_tfidf(_counter(options, vocabulary).transform(texts), self.idf[name]))
+        return hstack(blocks).tocsr() if blocks else csr_matrix((len(texts), 0))
+
+    def log_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Log class probabilities, one row per text, in ``labels`` order."""
+        scores = np.asarray(self.features(texts) @ self.coef.T) + self.intercept
+        scores -= scores.max(axis=1, keepdims=True)
+        return scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
+
+    def save(self, folder: Path) -> Path:
+        path = folder / LEXICAL_FILE
+        arrays = {"labels": np.array(self.labels), "coef": self.coef.astype(np.float32),
+                  "intercept": self.intercept}
+        for name, _, _ in VIEWS:
+            arrays[f"vocabulary_{name}"] = np.array(self.vocabularies.get(name) or [], dtype=str)
+            arrays[f"idf_{name}"] = self.idf.get(name, np.zeros(0))
+        np.savez_compressed(path, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, folder: Path) -> LexicalModel:
+        path = folder / LEXICAL_FILE
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                return cls(labels=tuple(str(v) for v in saved["labels"]),
+                           vocabularies={name: [str(t) for t in saved[f"vocabulary_{name}"]] for name, _, _ in VIEWS},
+                           idf={name: saved[f"idf_{name}"] for name, _, _ in VIEWS},
+                           coef=saved["coef"].astype(np.float64), intercept=saved["intercept"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise ModelError(f"cannot read the lexical model {path}: {exc}") from exc
