@@ -2,7 +2,9 @@
 
 Rows, all on the same seeded split and held-out test set: a TF-IDF + logistic-regression floor,
 frozen encoder features + logistic regression, a plain fine-tune, + class weights and resampling,
-and the full recipe with augmentation. Written as Markdown, JSON and a bar chart.
+the full recipe with augmentation, the word+char lexical model, and the full recipe stacked with it.
+Fine-tuned rows and the lexical row serve calibrated probabilities with their own decision rule;
+the two floors are plain arg-max (the "arg-max" column shows every row without a decision rule). Written as Markdown, JSON and a bar chart.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ FINE_TUNES: dict[str, BalanceOptions] = {
     "finetune_weights_resampling": BalanceOptions(augment=False),
     "finetune_alex": BalanceOptions(),
 }
-VARIANTS = ("tfidf_lr", "frozen_encoder_lr", *FINE_TUNES)
+#: The full recipe stacked with the lexical model: one training gives this row, the lexical model's
+#: (``lexical_lr``, word+char TF-IDF with its own calibration and decision) and, when asked for, the
+#: full recipe's encoder alone (``finetune_alex``).
+STACKED = "stack_alex"
+VARIANTS = ("tfidf_lr", "frozen_encoder_lr", *FINE_TUNES, "lexical_lr", STACKED)
 
 
 def _row(variant: str, report: Report, *, seconds: float, train_rows: int, tuned: Report | None = None) -> dict:
@@ -44,6 +50,23 @@ def _row(variant: str, report: Report, *, seconds: float, train_rows: int, tuned
         "per_class_f1": {label: s.f1 for label, s in final.per_class.items()},
         "train_rows": train_rows,
         "seconds": round(seconds, 1),
+    }
+
+
+def _card_row(variant: str, card: Any, final: dict, *, argmax: dict | None = None) -> dict:
+    """A row from a trained folder's card: ``final`` is one of its test reports (served or a member's)."""
+    lexical = variant == "lexical_lr"  # trained on the split's own rows (no augmentation), in seconds
+    return {
+        "variant": variant,
+        "task_metric_name": final["task_metric"]["name"],
+        "task_metric_argmax": (argmax or final)["task_metric"]["value"],
+        "task_metric": final["task_metric"]["value"],
+        "macro_f1": final["macro_f1"],
+        "micro_f1": final["micro_f1"],
+        "ece": final["ece"],
+        "per_class_f1": {label: s["f1"] for label, s in final["per_class"].items()},
+        "train_rows": card.data["split"]["train_used"] if lexical else sum(card.data["balancing"]["after"].values()),
+        "seconds": card.data["stack"].get("lexical_seconds", 0.0) if lexical else round(card.training["seconds"], 1),
     }
 
 
@@ -120,9 +143,19 @@ def run_ablation(
     test = prepared.splits.test
     gold = [e.label for e in test]
     rows = []
+    stacked_card = None
+    if {STACKED, "lexical_lr"} & set(variants):
+        stacked_card = train_model(task, task_source, data_path, out_dir / STACKED, data_options=data_options,
+                                   balance_options=FINE_TUNES["finetune_alex"], finetune_config=finetune_config,
+                                   stack=True, synonyms=synonyms, progress=progress)
     for variant in variants:
         started = time.monotonic()
-        if variant == "tfidf_lr":
+        if variant in (STACKED, "lexical_lr") or (variant == "finetune_alex" and stacked_card is not None):
+            assert stacked_card is not None
+            report = {STACKED: stacked_card.metrics["test"], "lexical_lr": stacked_card.metrics["members"]["lexical"],
+                      "finetune_alex": stacked_card.metrics["members"]["encoder"]}[variant]
+            rows.append(_card_row(variant, stacked_card, report))
+        elif variant == "tfidf_lr":
             probs, n = tfidf_floor(task, prepared.train, test, data_options.seed)
             rows.append(_row(variant, report_for(task, gold, probs), seconds=time.monotonic() - started, train_rows=n))
         elif variant == "frozen_encoder_lr":
@@ -132,19 +165,7 @@ def run_ablation(
             card = train_model(task, task_source, data_path, out_dir / variant, data_options=data_options,
                                balance_options=FINE_TUNES[variant], finetune_config=finetune_config,
                                synonyms=synonyms, progress=progress)
-            raw, final = card.metrics["test_uncalibrated"], card.metrics["test"]
-            rows.append({
-                "variant": variant,
-                "task_metric_name": raw["task_metric"]["name"],
-                "task_metric_argmax": raw["task_metric"]["value"],
-                "task_metric": final["task_metric"]["value"],
-                "macro_f1": final["macro_f1"],
-                "micro_f1": final["micro_f1"],
-                "ece": final["ece"],
-                "per_class_f1": {label: s["f1"] for label, s in final["per_class"].items()},
-                "train_rows": sum(card.data["balancing"]["after"].values()),
-                "seconds": round(card.training["seconds"], 1),
-            })
+            rows.append(_card_row(variant, card, card.metrics["test"], argmax=card.metrics["test_uncalibrated"]))
     write_ablation(rows, task, prepared.notes, dataclasses.asdict(finetune_config), out_dir)
     return rows
 

@@ -266,8 +266,10 @@ def train_model(
         from monitor.lexical import LexicalModel
         from monitor.training.stacking import fit_stack
 
+        lexical_started = time.monotonic()
         lexical = LexicalModel.fit([e.text for e in prepared.train], [e.label for e in prepared.train], labels,
                                    seed=data_options.seed)
+        stack_notes["lexical_seconds"] = round(time.monotonic() - lexical_started, 1)
         lexical_val = lexical.log_proba([e.text for e in prepared.splits.val])
         lexical_test = lexical.log_proba([e.text for e in test])
         lexical_head = fit_head(task, lexical_val, val_gold, tuned_for, dtype="float64", seed=data_options.seed)

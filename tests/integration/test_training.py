@@ -75,3 +75,26 @@ def test_evaluate_command_writes_report_and_plots(trained: Path, tmp_path: Path)
     assert abs(report["task_metric"]["value"] - read_card(trained).metrics["test"]["task_metric"]["value"]) < 1e-6
     for plot in ("confusion.png", "reliability.png", "precision_recall.png"):
         assert (tmp_path / plot).exists()
+
+
+def test_calibrating_for_another_serving_dtype_is_kept_and_used(trained: Path, tmp_path: Path, caplog):
+    import logging
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(trained, model)
+    with caplog.at_level(logging.WARNING, logger="monitor.classifier"):
+        before = EncoderClassifier.load(model, ClassifierSettings(device="cpu", dtype="int8", tuning_cache=None))
+    assert before.calibration is None and "calibration fitted on float32 logits, serving int8" in caplog.text
+    data = SHARED / "rmhd27" / "rmhd27_dev.csv"
+    done = subprocess.run([sys.executable, "-m", "monitor.cli", "models", "calibrate", str(model), str(data),
+                           "--dtype", "int8"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "held-out validation split" in done.stdout
+    card = read_card(model)
+    assert card.recalibrated["int8"].dtype == "int8" and card.calibration.dtype == "float32"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monitor.classifier"):
+        after = EncoderClassifier.load(model, ClassifierSettings(device="cpu", dtype="int8", tuning_cache=None))
+    assert after.calibration == card.recalibrated["int8"] and not after.calibration_note
+    assert "calibration fitted on" not in caplog.text
