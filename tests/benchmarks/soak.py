@@ -9,8 +9,8 @@
 Starts its OWN Kafka and PostgreSQL on free ports with their data under --out (never the shared
 ones on 9092/9093/55432), fresh topics of 2 partitions, a migrated database, `monitor worker --role all`
 (supervised, metrics on a free port) and a second persist worker in a consumer group of its own writing
-the same rows. A producer sends tagged posts at --rate (a poison post for the classify stage every
---poison-every seconds). After --warmup minutes the faults come in turn: PostgreSQL stopped for
+the same rows. A producer sends --burst tagged posts at once, then posts at --rate (a poison post for the classify
+stage every --poison-every seconds). After --warmup minutes the faults come in turn: PostgreSQL stopped for
 --outage-s, the broker stopped ~10 s, kill -9 of the classify, explain and persist processes, and a
 forced redelivery (posts and prediction records sent again). Every 5 s it samples RSS per process,
 consumer lag per group, retries, dead letters, restarts and readiness. Then it stops producing, waits
@@ -161,9 +161,11 @@ class Database:
 class Feed(threading.Thread):
     """Posts at a steady rate with unique ids; every id acknowledged by the broker is remembered."""
 
-    def __init__(self, kafka, topic: str, texts: list[str], rate: float, poison_every_s: float):  # noqa: ANN001
+    def __init__(self, kafka, topic: str, texts: list[str], rate: float, poison_every_s: float,  # noqa: ANN001
+                 burst: int = 0):
         super().__init__(name="feed", daemon=True)
         self.kafka, self.topic, self.texts, self.rate, self.poison_every_s = kafka, topic, texts, rate, poison_every_s
+        self.burst = burst  # the first posts go out at once: every role meets its largest batches in warm-up
         self.stop = threading.Event()
         self.acked: set[str] = set()
         self.poison: set[str] = set()
@@ -185,7 +187,8 @@ class Feed(threading.Thread):
         next_poison = self.poison_every_s / 2
         try:
             while not self.stop.is_set():
-                limiter.wait()
+                if i >= self.burst:
+                    limiter.wait()
                 if self.failed:
                     post_id, value = self.failed.popleft()
                     self.resent += 1
@@ -456,13 +459,16 @@ def falling_behind(timeline: list[dict], since: float, until: float, rate: float
     return found
 
 
-def memory_growth(timeline: list[dict], warmup_s: float) -> dict[str, dict]:
+def memory_growth(timeline: list[dict], warmup_s: float, *, window_s: float = 180.0) -> dict[str, dict]:
     """Per process: RSS at start, after warm-up and at end, and its growth after warm-up.
 
     Rule: a role that was killed has several incarnations (pids). Each incarnation gets its own
     warm-up: ``--warmup`` from the first sample where it is ready (its models loaded); the growth
-    reported is that of the incarnation that ran longest after its own warm-up, from its first
-    sample past warm-up to its last sample."""
+    reported is that of the incarnation that ran longest after its own warm-up: the median RSS of its
+    last ``window_s`` seconds against the median of its first ``window_s`` seconds past warm-up
+    (a classify process swings by tens of MB from batch to batch; single samples would measure the
+    swing, not a trend). The warm-up starts with a burst of posts, so every role has handled its
+    largest batches before it is measured: the working set of a batch system includes its biggest batch."""
     report = {}
     for proc in PROCESSES:
         runs: dict[int, list[tuple[float, float, float | None]]] = {}
@@ -480,17 +486,22 @@ def memory_growth(timeline: list[dict], warmup_s: float) -> dict[str, dict]:
         for pid, points in runs.items():
             settled = [p for p in points if pid in ready_at and p[0] >= ready_at[pid] + warmup_s]
             if settled and settled[-1][0] - settled[0][0] > best_span:
-                best, best_span = (pid, settled[0], settled[-1]), settled[-1][0] - settled[0][0]
+                best, best_span = (pid, settled), settled[-1][0] - settled[0][0]
         ordered = sorted(runs.values(), key=lambda points: points[0][0])
         entry = {"incarnations": len(runs), "start_mb": ordered[0][0][1], "end_mb": ordered[-1][-1][1],
-                 "after_warmup_mb": None, "growth": None, "measured_pid": None, "measured_s": 0.0,
-                 "heap_in_use_mb": None}
+                 "after_warmup_mb": None, "last_window_mb": None, "growth": None, "measured_pid": None,
+                 "measured_s": 0.0, "heap_in_use_mb": None}
         if best is not None:
-            pid, first, last = best
-            entry.update(after_warmup_mb=first[1], growth=(last[1] - first[1]) / first[1], measured_pid=pid,
-                         measured_s=round(best_span, 1))
-            if first[2] is not None and last[2] is not None:  # a leak grows this; a burst only the free heap
-                entry["heap_in_use_mb"] = [round(first[2], 1), round(last[2], 1)]
+            pid, settled = best
+            first = [p for p in settled if p[0] <= settled[0][0] + window_s]
+            last = [p for p in settled if p[0] >= settled[-1][0] - window_s]
+            before, after = statistics.median(p[1] for p in first), statistics.median(p[1] for p in last)
+            entry.update(after_warmup_mb=round(before, 1), last_window_mb=round(after, 1),
+                         growth=(after - before) / before, measured_pid=pid, measured_s=round(best_span, 1))
+            heap_first, heap_last = [p[2] for p in first if p[2] is not None], [p[2] for p in last if p[2] is not None]
+            if heap_first and heap_last:  # a leak in C code grows this; a burst only the free heap
+                entry["heap_in_use_mb"] = [round(statistics.median(heap_first), 1),
+                                           round(statistics.median(heap_last), 1)]
         report[proc] = entry
     return report
 
@@ -710,6 +721,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--fault-every", type=float, default=None,
                         help="minutes between faults (default: the 6 faults spread evenly after warm-up)")
     parser.add_argument("--outage-s", type=float, default=60, help="seconds PostgreSQL stays down (default 60)")
+    parser.add_argument("--burst", type=int, default=512,
+                        help="posts sent at once when producing starts, inside the warm-up, so every role has met "
+                             "its largest batches before memory is measured (default 512: two persist batches)")
     parser.add_argument("--poison-every", type=float, default=120,
                         help="seconds between poison posts, the first at half that (default 120)")
     parser.add_argument("--drain-timeout", type=float, default=900, help="seconds the final drain may take")
@@ -780,7 +794,7 @@ def main() -> int:  # noqa: PLR0915 - a benchmark script reads best top to botto
                      and process.http_get(urls["readyz-2"])[0] == 200, 900, [supervisor, second], out / "workers.log")
         db = Database(settings.database.url)
         groups = {r: f"soak-{args.tag}-{r}" for r in ROLES} | {"persist-2": f"soak-{args.tag}-second-persist"}
-        feed = Feed(settings.kafka, settings.topics.posts, texts, args.rate, args.poison_every)
+        feed = Feed(settings.kafka, settings.topics.posts, texts, args.rate, args.poison_every, burst=args.burst)
         lag = LagMeter(settings.kafka, settings.topics, groups)
         soak = Soak(time.time(), supervisor, second, start_second, urls, db, feed, lag)
         connections_start = db.connections()
@@ -924,13 +938,14 @@ def summarize(args, soak: Soak, faults: list[Fault], rows: dict, letters: dict, 
     console.print(f"\nCPU: {report['cpu']}; {args.minutes:g} min at {args.rate:g} posts/s, warm-up {args.warmup:g} "
                   f"min; drain: {'every lag at 0' if drain_ok else 'lag NOT back to 0'} "
                   f"after {drained_s - drain_s:.0f}s")
-    table = Table("process", "pids", "RSS start", "after warm-up", "end", "growth after warm-up", "measured over",
-                  "C heap in use", title="memory (MB)")
+    table = Table("process", "pids", "RSS start", "first 3 min after warm-up", "last 3 min", "growth",
+                  "measured over", "C heap in use", title="memory (MB; medians of each window)")
     for proc, m in memory.items():
         growth = "n/a (never past warm-up)" if m["growth"] is None else f"{m['growth']:+.1%}"
         heap = "-" if not m["heap_in_use_mb"] else "{:.0f} -> {:.0f}".format(*m["heap_in_use_mb"])
         table.add_row(proc, str(m["incarnations"]), f"{m['start_mb']:.0f}",
-                      "-" if m["after_warmup_mb"] is None else f"{m['after_warmup_mb']:.0f}", f"{m['end_mb']:.0f}",
+                      "-" if m["after_warmup_mb"] is None else f"{m['after_warmup_mb']:.0f}",
+                      "-" if m["last_window_mb"] is None else f"{m['last_window_mb']:.0f}",
                       growth, f"pid {m['measured_pid']}, {m['measured_s'] / 60:.1f} min", heap)
     console.print(table)
     table = Table("fault", "start", "length", "ready after", "lag steady after", "detail", title="faults (s)")
