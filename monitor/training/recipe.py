@@ -302,6 +302,10 @@ def train_model(
     if spec is not None:
         lexical.save(out_dir)
     weights_hash = file_sha256(out_dir / "model.safetensors")
+    if spec is not None:  # a stack serves both members: its version names both files
+        import hashlib
+
+        weights_hash = hashlib.sha256((weights_hash + file_sha256(out_dir / "lexical.npz")).encode()).hexdigest()
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
     plot_confusion(test_report, plots / "confusion_test.png", title=f"{task.name}: test confusion")

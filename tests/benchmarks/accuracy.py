@@ -1,0 +1,139 @@
+"""Benchmark (not a test): the accuracy table of every shipped task that has data in ../shared/data.
+
+For each task, on its seeded split and held-out test set, the ablation's rows (``monitor evaluate TASK
+DATA --ablation``): TF-IDF LR, frozen encoder LR, plain fine-tune, the full ALEX fine-tune, the word+char
+lexical model and the full recipe stacked with it; task metric, macro-F1, micro-F1, per-class F1, ECE,
+CPU seconds. Writes docs/accuracy.md (with the exact command and the CPU) and copies each task's plots
+(the ablation bars, the stack's reliability diagrams and precision-recall curves) beside it.
+
+    # what the closing note of issue 14 reports (2 cores: sized to finish in about half an hour)
+    .venv/bin/python tests/benchmarks/accuracy.py --train-subsample 1000 --epochs 2 --max-length 128
+    # the full recipe, one option away, on a GPU machine
+    .venv/bin/python tests/benchmarks/accuracy.py --epochs 4 --max-length 256 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "data"
+TASKS = {
+    "druglib_sentiment": SHARED / "druglib" / "drugLibTrain_raw.tsv",
+    "druglib_adverse": SHARED / "druglib" / "drugLibTrain_raw.tsv",
+    "rmhd27_social_anxiety": SHARED / "rmhd27" / "rmhd27_dev.csv",
+    "cssrs_suicide_risk": SHARED / "cssrs" / "cssrs_dev.csv",
+}
+#: The issue's goals, checked against the served row (the stack) of each task.
+GOALS = {
+    "druglib_sentiment": [("micro_f1", 0.80), ("macro_f1", 0.70)],
+    "rmhd27_social_anxiety": [("task_metric", 0.72)],
+}
+PLOTS = ("reliability_test.png", "reliability_validation.png", "precision_recall_test.png")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated (default: all four)")
+    parser.add_argument("--variants", default=None, help="ablation variants (default: all)")
+    parser.add_argument("--train-subsample", type=int, default=None, help="seeded stratified training subsample")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/accuracy"), help="model folders and raw reports")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "accuracy.md")
+    return parser.parse_args()
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def best_single(rows: list[dict]) -> dict:
+    singles = [r for r in rows if r["variant"] != "stack_alex"]
+    return max(singles, key=lambda r: r["task_metric"])
+
+
+def main() -> int:
+    args = parse_args()
+    sys.path.insert(0, str(ROOT))
+    import os
+
+    from rich.console import Console
+
+    from monitor.cli.train import training_progress
+    from monitor.models import default_encoder_path
+    from monitor.tasks import load_task
+    from monitor.training.ablation import STACKED, VARIANTS, ablation_markdown, run_ablation
+    from monitor.training.finetune import FineTuneConfig
+    from monitor.training.recipe import DataOptions
+    from monitor.training.wordnet import WordNetSynonyms
+
+    console = Console()
+    variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else VARIANTS
+    command = "    .venv/bin/python tests/benchmarks/accuracy.py " + " ".join(sys.argv[1:])
+    sections, plots_dir = [], args.doc.parent / "accuracy"
+    for name in [t.strip() for t in args.tasks.split(",")]:
+        data = TASKS[name]
+        if not data.exists():
+            console.print(f"[yellow]{name}: no data at {data}, skipped[/]")
+            continue
+        task = load_task(name)
+        config = FineTuneConfig(model_path=default_encoder_path(), max_length=args.max_length, epochs=args.epochs,
+                                batch_size=args.batch_size, seed=args.seed, device=args.device)
+        started = time.monotonic()
+        with training_progress() as progress:
+            rows = run_ablation(task, name, data, args.out / name, variants=variants, synonyms=WordNetSynonyms(),
+                                data_options=DataOptions(seed=args.seed, train_subsample=args.train_subsample),
+                                finetune_config=config, progress=progress)
+        minutes = (time.monotonic() - started) / 60
+        console.print(ablation_markdown(rows, task))
+        target = plots_dir / name
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(args.out / name / "ablation.png", target / "ablation.png")
+        links = [f"![{name} ablation](accuracy/{name}/ablation.png)"]
+        for plot in PLOTS:
+            source = args.out / name / STACKED / "plots" / plot
+            if source.exists():
+                shutil.copy(source, target / plot)
+                links.append(f"![{name} {plot}](accuracy/{name}/{plot})")
+        served = next((r for r in rows if r["variant"] == STACKED), None)
+        lines = [f"## {name}\n", ablation_markdown(rows, task)]
+        if served is not None:
+            single = best_single(rows)
+            verdict = "beats" if served["task_metric"] > single["task_metric"] else "does NOT beat"
+            lines.append(f"The stack {verdict} the best single model ({single['variant']}, "
+                         f"{single['task_metric']:.4f} vs {served['task_metric']:.4f}).")
+            for measure, goal in GOALS.get(name, []):
+                value = served[measure]
+                lines.append(f"Goal {measure} >= {goal}: {value:.4f} ({'met' if value >= goal else 'missed'}).")
+        lines.append(f"\n{minutes:.1f} minutes in all for this task.\n")
+        lines.append("\n".join(links) + "\n")
+        sections.append("\n".join(lines))
+    header = (
+        "# Accuracy on the shipped tasks\n\n"
+        "Generated by `tests/benchmarks/accuracy.py` (a benchmark, not a test). Every row is measured on the "
+        "task's held-out test split (seeded, deduplicated, stratified). Fine-tuned rows, the lexical model and "
+        "the stack serve calibrated probabilities with their own decision rule fitted on validation; the "
+        "TF-IDF and frozen-encoder floors are plain arg-max. ECE is top-label, 15 bins. Seconds are wall "
+        f"seconds of that row's training on the machine below.\n\nCPU: {cpu_model()} ({os.cpu_count()} logical "
+        f"CPUs); device {args.device}; encoder all-MiniLM-L6-v2; max length {args.max_length}, at most "
+        f"{args.epochs} epochs, training subsample {args.train_subsample or 'none (the whole training split)'}.\n\n"
+        f"Command:\n\n{command}\n\n")
+    args.doc.write_text(header + "\n".join(sections))
+    console.print(f"written: {args.doc} and {plots_dir}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
