@@ -91,6 +91,8 @@ def explain_eval(
                                                      "(default: explainer.below_threshold)"),
     max_share: float = typer.Option(0.10, min=0.0, max=1.0, help="Cap on the share of posts escalated"),
     limit: int | None = typer.Option(None, min=1, help="Use only the first N posts of each split"),
+    suite_posts: int | None = typer.Option(None, min=1, help="Adversarial suite: only the first N base posts "
+                                                             "(default: all)"),
     record: bool = typer.Option(True, help="Record the allowed mode in MODEL/explainer_policy.json"),
     out: Path | None = typer.Option(None, help="Write the full report (JSON) here"),
 ) -> None:
@@ -100,7 +102,7 @@ def explain_eval(
     and recorded for (LLM, prompt version, escalation policy): `correct` mode only if the task metric
     does not drop, the flips beat chance, and attacks move verdicts no more than benign edits do."""
     from monitor.assessment import Robustness, assess, write_policy
-    from monitor.explainer.adversarial import run_suite
+    from monitor.explainer.adversarial import BASE_POSTS, run_suite
     from monitor.explainer.policy import Policy
     from monitor.model_card import read_card
     from monitor.runtime import Runtime
@@ -126,7 +128,7 @@ def explain_eval(
                         console=console)
     with progress:
         job = progress.add_task(f"adversarial suite (label {probe_label})", total=None)
-        suite = run_suite(explainer.explain, task, probe_label)
+        suite = run_suite(explainer.explain, task, probe_label, posts=BASE_POSTS[:suite_posts])
         robustness = Robustness(suite.change_rate, suite.self_disagreement_rate, suite.cases)
         progress.update(job, completed=suite.cases, total=suite.cases)
         for split, (rows, which) in splits.items():

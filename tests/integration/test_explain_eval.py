@@ -28,13 +28,13 @@ def test_explain_eval_decides_on_validation_and_keys_the_grant_by_policy(tiny_mo
     report_path = tmp_path / "report.json"
     env = {**os.environ, "MONITOR_DATA_DIR": str(tmp_path / "data"), "MONITOR_EXPLAINER__N_THREADS": "2"}
     done = subprocess.run([sys.executable, "-m", "monitor.cli", "explain-eval", str(model),
-                           str(SHARED / "rmhd27" / "rmhd27_dev.csv"), "--limit", "60", "--out", str(report_path)],
+                           str(SHARED / "rmhd27" / "rmhd27_dev.csv"), "--limit", "40", "--suite-posts", "2", "--out", str(report_path)],
                           capture_output=True, text=True, env=env, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(report_path.read_text())
     assert report["validation"]["split"] == "held-out validation split"
     assert report["test"]["split"] == "held-out test split"
-    assert report["validation"]["posts"] == report["test"]["posts"] == 60
+    assert report["validation"]["posts"] == report["test"]["posts"] == 40
     robustness = Robustness(**report["robustness"])
     assert robustness.cases > 0 and 0 <= robustness.attack_change_rate <= 1
 
@@ -46,7 +46,7 @@ def test_explain_eval_decides_on_validation_and_keys_the_grant_by_policy(tiny_mo
     assert validation["allowed_mode"] == expected
     [(key, entry)] = json.loads((model / POLICY_FILE).read_text()).items()
     assert entry["split"] == "held-out validation split" and entry["mode"] == expected
-    assert entry["test"]["posts"] == 60 and key.endswith(Policy().escalation_key)
+    assert entry["test"]["posts"] == 40 and key.endswith(Policy().escalation_key)
     card = read_card(model)
     version = prompt_version(load_task(card.training["task_source"]))
     llm = key.split("|")[0]
