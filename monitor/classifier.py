@@ -319,7 +319,7 @@ class EncoderClassifier:
         """The model's raw logits (before the card's calibration), in the order of ``texts``: the
         encoder's, or for a stack its meta-model's over the encoder and the lexical model."""
         out = self.encoder_logits(texts)
-        if self.card.stack is None or self.lexical is None:
+        if self.lexical is None:  # not a stack (the constructor requires it of one)
             return out
         lexical = self.lexical.log_proba([normalise_text(t)[:LEXICAL_CHARS] for t in texts])
         return self.card.stack.combine(out, lexical)

@@ -127,6 +127,14 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, *, b
     return float(ece)
 
 
+def top_label_ece(probabilities: np.ndarray, gold: np.ndarray) -> float:
+    """ECE of the probabilities themselves: the arg-max's probability against whether the arg-max is ``gold``."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.size == 0:
+        return 0.0
+    return expected_calibration_error(probabilities.max(axis=1), probabilities.argmax(axis=1) == np.asarray(gold))
+
+
 def reliability_bins(confidence: np.ndarray, correct: np.ndarray, *, bins: int = 15) -> list[tuple[float, float, int]]:
     """(mean confidence, accuracy, count) per non-empty bin, for a reliability diagram."""
     edges = np.linspace(0.0, 1.0, bins + 1)
@@ -155,15 +163,14 @@ def evaluate(
     labels = tuple(labels)
     index = {label: i for i, label in enumerate(labels)}
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    top = probabilities.argmax(axis=1) if probabilities.size else np.zeros(0, dtype=np.int64)
-    pred = list(predicted) if predicted is not None else [labels[i] for i in top]
+    pred = list(predicted) if predicted is not None else [labels[i] for i in probabilities.argmax(axis=1)]
     matrix = confusion_matrix(gold, pred, labels)
     correct = np.array([g == p for g, p in zip(gold, pred, strict=True)], dtype=np.float64)
     scores = per_class_scores(matrix, labels)
     ece = ece_served = None
     if probabilities.size:
         gold_index = np.array([index[g] for g in gold])
-        ece = expected_calibration_error(probabilities.max(axis=1), top == gold_index)
+        ece = top_label_ece(probabilities, gold_index)
         served = np.array([index[p] for p in pred])
         ece_served = expected_calibration_error(probabilities[np.arange(len(served)), served], correct)
     return Report(
@@ -222,20 +229,18 @@ def plot_confusion(report: Report, path: Path, *, title: str) -> Path:
     return path
 
 
-def plot_reliability(confidence: np.ndarray, correct: np.ndarray, path: Path, *, title: str,
-                     before: np.ndarray | None = None, before_correct: np.ndarray | None = None) -> Path:
-    """Accuracy vs confidence per bin; ``before`` draws the uncalibrated confidences too (right or
-    wrong by ``before_correct`` when their top label differs, else by ``correct``)."""
+def plot_reliability(probabilities: np.ndarray, gold: np.ndarray, path: Path, *, title: str,
+                     before: np.ndarray | None = None) -> Path:
+    """Top-label accuracy vs confidence per bin of ``probabilities`` (rows) against ``gold`` (class
+    indices); ``before`` (the uncalibrated probabilities) is drawn too."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-    series = [("calibrated", confidence, correct)]
-    if before is not None:
-        series = [("before", before, correct if before_correct is None else before_correct),
-                  ("after", confidence, correct)]
-    for name, conf, right in series:
-        points = reliability_bins(np.asarray(conf), np.asarray(right))
-        ece = expected_calibration_error(np.asarray(conf), np.asarray(right))
+    series = [("calibrated", probabilities)] if before is None else [("before", before), ("after", probabilities)]
+    for name, probs in series:
+        probs = np.asarray(probs, dtype=np.float64)
+        points = reliability_bins(probs.max(axis=1), probs.argmax(axis=1) == np.asarray(gold))
+        ece = top_label_ece(probs, gold)
         ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"{name} (ECE {ece:.3f})")
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")

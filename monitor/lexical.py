@@ -35,6 +35,22 @@ def _counter(options: dict, vocabulary: Sequence[str] | None = None, max_feature
     return CountVectorizer(min_df=2, max_features=max_features, **options)
 
 
+def full_coefficients(regression, labels: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """(coef, intercept) of a fitted scikit-learn logistic regression over class indices 0..labels-1,
+    one row per label whichever classes it saw: scikit-learn keeps a single row for two classes, and a
+    label absent from the training rows gets an intercept of -30 (never predicted)."""
+    coef = np.zeros((labels, regression.coef_.shape[1]))
+    intercept = np.full(labels, -30.0)
+    present = list(regression.classes_)
+    if len(present) == 2:
+        coef[present[1]], intercept[present[1]] = regression.coef_[0], regression.intercept_[0]
+        coef[present[0]], intercept[present[0]] = 0.0, 0.0
+    else:
+        for row, label in enumerate(present):
+            coef[label], intercept[label] = regression.coef_[row], regression.intercept_[row]
+    return coef, intercept
+
+
 def _tfidf(counts, idf: np.ndarray):  # noqa: ANN001, ANN202 - scipy sparse in and out
     from sklearn.preprocessing import normalize
 
@@ -78,16 +94,7 @@ class LexicalModel:
         index = {label: i for i, label in enumerate(labels)}
         y = np.array([index[g] for g in gold])
         regression = LogisticRegression(C=c, max_iter=3000, random_state=seed).fit(x, y)
-        coef = np.zeros((len(labels), x.shape[1]))
-        intercept = np.full(len(labels), -30.0)  # a label absent from the training rows: never predicted
-        present = list(regression.classes_)
-        if len(present) == 2:  # scikit-learn keeps one row of coefficients for two classes
-            coef[present[1]], intercept[present[1]] = regression.coef_[0], regression.intercept_[0]
-            coef[present[0]], intercept[present[0]] = 0.0, 0.0
-        else:
-            for row, label in enumerate(present):
-                coef[label], intercept[label] = regression.coef_[row], regression.intercept_[row]
-        return cls(tuple(labels), vocabularies, idf, coef, intercept)
+        return cls(tuple(labels), vocabularies, idf, *full_coefficients(regression, len(labels)))
 
     def features(self, texts: Sequence[str]):  # noqa: ANN201 - a scipy CSR matrix
         from scipy.sparse import csr_matrix, hstack

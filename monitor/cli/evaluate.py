@@ -105,10 +105,9 @@ def evaluate(
     target = out or model / f"eval-{file_sha256(data)[:8]}-{split}"
     target.mkdir(parents=True, exist_ok=True)
     gold_index = np.array([card.labels.index(g) for g in gold])
-    raw = softmax(logits)
     plot_confusion(report, target / "confusion.png", title=f"{task.name}: confusion")
-    plot_reliability(probs.max(1), probs.argmax(1) == gold_index, target / "reliability.png",
-                     title=f"{task.name}: reliability", before=raw.max(1), before_correct=raw.argmax(1) == gold_index)
+    plot_reliability(probs, gold_index, target / "reliability.png", title=f"{task.name}: reliability",
+                     before=softmax(logits))
     plot_precision_recall(gold, probs, card.labels, target / "precision_recall.png", title=f"{task.name}: PR")
     (target / "report.json").write_text(json.dumps({"model_version": card.model_version, "data": str(data),
                                                      "rows": which, **report.as_dict()}, indent=2) + "\n")

@@ -101,7 +101,7 @@ def calibrate(
     import numpy as np
 
     from monitor.classifier import EncoderClassifier
-    from monitor.evaluation import expected_calibration_error
+    from monitor.evaluation import top_label_ece
     from monitor.model_card import read_card, write_card
     from monitor.training.calibrate import fit_calibration
     from monitor.training.recipe import held_out_rows
@@ -123,10 +123,8 @@ def calibrate(
     with console.status(f"classifying {len(rows)} posts with {dtype} weights on {classifier.device} ({which})..."):
         logits = classifier.logits([e.text for e in rows])
     fitted = fit_calibration(logits, gold, dtype=dtype, seed=card.training.get("seed", 13))
-    probs = fitted.apply(logits)
-    before = card.calibration.apply(logits)
-    ece_before = expected_calibration_error(before.max(1), before.argmax(1) == gold)
-    ece_after = expected_calibration_error(probs.max(1), probs.argmax(1) == gold)
+    ece_before = top_label_ece(card.calibration.apply(logits), gold)
+    ece_after = top_label_ece(fitted.apply(logits), gold)
     if dtype == card.calibration.dtype:
         updated = card.model_copy(update={"calibration": fitted})
     else:

@@ -29,6 +29,7 @@ from monitor.evaluation import (
     plot_precision_recall,
     plot_reliability,
     task_metric,
+    top_label_ece,
 )
 from monitor.model_card import Calibration, DecisionRule, ModelCard, softmax, write_card
 from monitor.models import file_sha256
@@ -293,7 +294,6 @@ def train_model(
     raw_test = report_for(task, test_gold, softmax(test_logits))
     final_probs = calibration.apply(test_logits)
     test_report = head.report(task, test_logits, test_gold)
-    test_top_correct = np.array([labels[i] == g for i, g in zip(final_probs.argmax(1), test_gold, strict=True)])
     raw_val = softmax(val_logits)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -309,12 +309,10 @@ def train_model(
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
     plot_confusion(test_report, plots / "confusion_test.png", title=f"{task.name}: test confusion")
-    plot_reliability(final_probs.max(1), test_top_correct, plots / "reliability_test.png",
-                     title=f"{task.name}: test reliability", before=softmax(test_logits).max(1),
-                     before_correct=softmax(test_logits).argmax(1) == np.array([index[g] for g in test_gold]))
-    plot_reliability(val_probs.max(1), val_probs.argmax(1) == val_gold, plots / "reliability_validation.png",
-                     title=f"{task.name}: validation reliability", before=raw_val.max(1),
-                     before_correct=raw_val.argmax(1) == val_gold)
+    plot_reliability(final_probs, np.array([index[g] for g in test_gold]), plots / "reliability_test.png",
+                     title=f"{task.name}: test reliability", before=softmax(test_logits))
+    plot_reliability(val_probs, val_gold, plots / "reliability_validation.png",
+                     title=f"{task.name}: validation reliability", before=raw_val)
     plot_precision_recall(test_gold, final_probs, labels, plots / "precision_recall_test.png",
                           title=f"{task.name}: test precision-recall")
 
@@ -338,8 +336,8 @@ def train_model(
         escalation_max_share=max_escalation_share,
         metrics={
             "validation": {"task_metric_at_best_epoch": result.best_score,
-                           "ece_before": expected_calibration_error(raw_val.max(1), raw_val.argmax(1) == val_gold),
-                           "ece_after": expected_calibration_error(val_probs.max(1), val_probs.argmax(1) == val_gold),
+                           "ece_before": top_label_ece(raw_val, val_gold),
+                           "ece_after": top_label_ece(val_probs, val_gold),
                            "ece_served": expected_calibration_error(val_confidence, val_served == val_gold),
                            "escalated_share": float((val_confidence < threshold).mean())},
             "test_uncalibrated": raw_test.as_dict(),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from monitor.lexical import full_coefficients
 from monitor.model_card import Calibration, StackSpec, stack_features
 
 
@@ -26,18 +27,6 @@ def _meta(seed: int):  # noqa: ANN202 - a scikit-learn estimator
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
-
-
-def _full_logits(model, x: np.ndarray, k: int) -> np.ndarray:  # noqa: ANN001
-    """(rows, k) logits of a fitted regression, whichever classes it saw (absent ones never win)."""
-    out = np.full((len(x), k), -30.0)
-    scores = model.decision_function(x)
-    classes = list(model.classes_)
-    if len(classes) == 2:
-        out[:, classes[0]], out[:, classes[1]] = 0.0, scores
-    else:
-        out[:, classes] = scores
-    return out
 
 
 def stack_folds(gold: np.ndarray, *, most: int = 5) -> int:
@@ -60,17 +49,9 @@ def fit_stack(encoder_calibration: Calibration, encoder_logits: np.ndarray, lexi
     x = stack_features(encoder_calibration, encoder_logits, lexical_log_proba)
     oof = np.zeros((len(gold), labels))
     for kept, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, gold):
-        oof[held] = _full_logits(_meta(seed).fit(x[kept], gold[kept]), x[held], labels)
-    final = _meta(seed).fit(x, gold)
-    coef = np.zeros((labels, x.shape[1]))
-    intercept = np.full(labels, -30.0)
-    classes = list(final.classes_)
-    if len(classes) == 2:
-        coef[classes[1]], intercept[classes[1]] = final.coef_[0], final.intercept_[0]
-        coef[classes[0]], intercept[classes[0]] = 0.0, 0.0
-    else:
-        for row, label in enumerate(classes):
-            coef[label], intercept[label] = final.coef_[row], final.intercept_[row]
+        coef, intercept = full_coefficients(_meta(seed).fit(x[kept], gold[kept]), labels)
+        oof[held] = x[held] @ coef.T + intercept
+    coef, intercept = full_coefficients(_meta(seed).fit(x, gold), labels)
     spec = StackSpec(encoder_calibration=encoder_calibration, coef=coef.tolist(), intercept=intercept.tolist(),
                      folds=folds)
     return StackFit(spec, oof)
