@@ -146,6 +146,8 @@ class TopicSettings(_Section):
     explanations: str = Field("posts.explained", description="Explainer verdicts")
     signals: str = Field("signals.flagged", description="Flagged health signals")
     dead_letter: str = Field("posts.deadletter", description="Rejected records with the reason and stage")
+    erasures: str = Field("posts.erasures", description="Deletions to honour: a post or every post of an author")
+    positions: str = Field("sources.positions", description="Where each source has read up to (compacted)")
 
     @field_validator("*")
     @classmethod
@@ -156,6 +158,56 @@ class TopicSettings(_Section):
 
     def all(self) -> dict[str, str]:
         return self.model_dump()
+
+
+class SourceSettings(_Section):
+    """The platform streams ``monitor source`` and the worker's ``source`` role watch."""
+
+    platform: Literal["", "bluesky", "mastodon"] = Field(
+        "", description="Platform the worker's source role watches (empty = no source role in `--role all`)")
+    name: str = Field("", max_length=64, description="Key of this source's stored position (empty = the platform's "
+                      "name); two sources that watch different streams need different names")
+    jetstream_urls: tuple[str, ...] = Field(
+        ("wss://jetstream1.us-east.bsky.network/subscribe", "wss://jetstream2.us-east.bsky.network/subscribe",
+         "wss://jetstream1.us-west.bsky.network/subscribe", "wss://jetstream2.us-west.bsky.network/subscribe"),
+        min_length=1, description="Jetstream hosts, tried in turn when one fails (JSON list)")
+    wanted_dids: tuple[str, ...] = Field((), description="Bluesky: only these accounts (DIDs; JSON list, empty = all)")
+    mastodon_instances: tuple[str, ...] = Field(
+        (), description="Mastodon: base URLs of the instances to watch, each its own stream (JSON list)")
+    mastodon_token: SecretStr | None = Field(None, description="Mastodon: access token (read scope) for the streams")
+    mastodon_timeline: Literal["public", "local", "hashtag"] = Field(
+        "public", description="Mastodon: public (federated), local, or hashtag (one stream per hashtag)")
+    languages: tuple[str, ...] = Field((), description="Keep posts in these languages only (JSON list, e.g. "
+                                       "'[\"en\"]'; empty = all; a post without a language is kept)")
+    keywords: tuple[str, ...] = Field((), description="Keep posts with one of these words or #hashtags (JSON list, "
+                                      "case-insensitive, whole words; empty with no task = keep all)")
+    keyword_tasks: tuple[str, ...] = Field((), description="Tasks whose [source] keywords and hashtags are added to "
+                                           "the list (JSON list of task names or TOML paths)")
+    sample_rate: float = Field(1.0, gt=0, le=1, description="Share of the kept posts sent on (by a hash of the id, "
+                               "so a replayed post is sampled the same way)")
+    rewind_s: float = Field(5.0, ge=0, le=3600, description="On resume, start this long before the stored position "
+                            "(Jetstream's events are only roughly in time order)")
+    stall_s: float = Field(60.0, ge=1, description="No message for this long on a connected stream: reconnect "
+                           "(and raise monitor_source_stalled)")
+    backoff_base_s: float = Field(1.0, gt=0, le=600, description="First wait before reconnecting (doubles, jitter)")
+    backoff_cap_s: float = Field(120.0, gt=0, le=3600, description="Longest wait before reconnecting")
+    batch: int = Field(500, ge=1, le=100_000, description="Posts sent to the broker before the position is stored")
+    max_pending: int = Field(2000, ge=1, le=1_000_000, description="Events read and not yet acknowledged by the broker; "
+                             "at this many the source stops reading (back-pressure, flat memory)")
+    commit_every_s: float = Field(1.0, gt=0, le=600, description="Longest time between two stored positions")
+
+    @field_validator("jetstream_urls", "mastodon_instances")
+    @classmethod
+    def _urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            parts = urlsplit(url)
+            if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
+                raise ValueError(f"expected ws(s):// or http(s):// URLs, got {url!r}")
+        return value
+
+    @property
+    def key(self) -> str:
+        return self.name or self.platform or "source"
 
 
 class DatabaseSettings(_Section):
@@ -423,6 +475,7 @@ class Settings(BaseSettings):
     signals: SignalsSettings = SignalsSettings()
     services: ServicesSettings = ServicesSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
+    source: SourceSettings = SourceSettings()
     faults: FaultSettings = FaultSettings()
 
     @field_validator("data_dir", "cache_dir")

@@ -24,7 +24,7 @@ from monitor.explainer.prompts import prompt_version
 from monitor.inference import Classifier, Explainer
 from monitor.records import Explanation, Post, Prediction
 from monitor.runtime import Runtime, TaskModel
-from monitor.storage import repository
+from monitor.storage import erasures, repository
 from monitor.storage.session import transaction
 from monitor.storage.tables import LIVE_RUN
 from monitor.tasks import TaskDefinition
@@ -134,6 +134,8 @@ class Persisted:
     orphans: list[Case] = field(default_factory=list)
     #: (source, post id, task, label) of every signal the stored rows imply (new or not).
     flagged: set[tuple[str, str, str, str]] = field(default_factory=set)
+    #: Posts not stored because an erasure (a platform delete, a request) covers them.
+    erased: int = 0
 
 
 def persist(session: Session, cases: Sequence[Case], decisions: Sequence[Decision], *, author_key: bytes,
@@ -150,6 +152,12 @@ def persist(session: Session, cases: Sequence[Case], decisions: Sequence[Decisio
     """
     posts = {(c.post.source, c.post.id): c.post for c in cases}
     posts.update({(d.case.post.source, d.case.post.id): d.case.post for d in decisions})
+    # A post deleted on its platform (or erased on request) before it got here is never stored.
+    gone = erasures.erased_posts(session, list(posts.values()), author_key=author_key)
+    if gone:
+        cases = [c for c in cases if (c.post.source, c.post.id) not in gone]
+        decisions = [d for d in decisions if (d.case.post.source, d.case.post.id) not in gone]
+        posts = {k: p for k, p in posts.items() if k not in gone}
     ids = repository.upsert_posts(session, list(posts.values()), author_key=author_key)
     incoming = [*cases, *(d.case for d in decisions)]
     rows = {"posts_seen": len(ids),
@@ -159,7 +167,7 @@ def persist(session: Session, cases: Sequence[Case], decisions: Sequence[Decisio
         return ids[(case.post.source, case.post.id)], case.prediction.task, case.prediction.model_version
 
     stored = repository.stored_predictions(session, [key(c) for c in incoming], run=run)
-    result = Persisted(rows=rows)
+    result = Persisted(rows=rows, erased=len(gone))
     explanations = []
     for d in decisions:
         if d.explanation is None:
@@ -216,6 +224,8 @@ def write(factory: sessionmaker[Session], cases: Sequence[Case], decisions: Sequ
     telemetry.DB_WRITE_SECONDS.observe(time.perf_counter() - started)
     for table in ("predictions", "explanations", "signals"):  # posts_seen counts lookups, not inserts
         telemetry.PERSISTED.labels(table).inc(result.rows[table])
+    if result.erased:
+        telemetry.ERASED_POSTS.labels("refused").inc(result.erased)
     done = datetime.now(UTC)
     for case in [*cases, *(d.case for d in decisions)]:
         telemetry.END_TO_END_SECONDS.observe(max(0.0, (done - case.post.created_at).total_seconds()))

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from monitor.errors import MonitorError
 
@@ -54,7 +54,7 @@ REASONS: dict[str, str] = {
     "bad_field": "source, author, lang, geo or labels break their limits",
 }
 #: The stage that sent a record to the dead-letter topic.
-Stage = Literal["decode", "classify", "explain", "persist"]
+Stage = Literal["source", "decode", "classify", "explain", "persist"]
 
 
 class RecordError(MonitorError):
@@ -506,3 +506,40 @@ class DeadLetter(BaseModel):
             return cls.model_validate(record)
         except (ValueError, TypeError, RecursionError, binascii.Error) as exc:  # ValidationError is a ValueError
             raise RecordError("bad_dead_letter", str(exc).splitlines()[0][:200]) from None
+
+
+# ---------------------------------------------------------------- erasures
+
+
+class Erasure(BaseModel):
+    """A deletion the monitor must honour: one post (``post_id``) or every post of an ``author`` on a
+    ``source``. Platforms send them when a post or an account is deleted (``origin="platform"``);
+    ``monitor privacy erase`` when a request arrives another way (``origin="request"``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = Field(min_length=1, max_length=MAX_SOURCE_CHARS)
+    post_id: str | None = Field(None, min_length=1, max_length=MAX_ID_CHARS)
+    author: str | None = Field(None, min_length=1, max_length=MAX_AUTHOR_CHARS)
+    origin: Literal["platform", "request"] = "platform"
+    time: datetime
+
+    @field_validator("source", "post_id", "author")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        return None if value is None else _printable(value, "the value")
+
+    @field_validator("time")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Erasure:
+        if (self.post_id is None) == (self.author is None):
+            raise ValueError("an erasure names either a post_id or an author, not both")
+        return self
+
+    @property
+    def key(self) -> bytes:
+        return (self.post_id or self.author or "").encode("utf-8")

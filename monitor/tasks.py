@@ -198,8 +198,28 @@ class DataFraming(_Frozen):
         return self
 
 
+class WatchTerms(_Frozen):
+    """What a platform source keeps for this task (``monitor source --keywords-from-task``): posts with
+    one of the keywords (whole words, case-insensitive; ``vaccin*`` matches a word's start) or hashtags."""
+
+    keywords: tuple[str, ...] = ()
+    hashtags: tuple[str, ...] = ()
+
+    @field_validator("keywords", "hashtags")
+    @classmethod
+    def _terms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for term in value:
+            if not term.strip() or len(term) > 100 or any(c in term for c in "\n\r\t"):
+                raise ValueError(f"a watch term is 1-100 characters on one line, got {term!r}")
+        return value
+
+    def terms(self) -> tuple[str, ...]:
+        """Keywords, then hashtags written with their ``#``."""
+        return self.keywords + tuple(t if t.startswith("#") else f"#{t}" for t in self.hashtags)
+
+
 class TaskDefinition(_Frozen):
-    """One classification task: labels, signal, metric, explainer rules and data framing."""
+    """One classification task: labels, signal, metric, explainer rules, data framing, watch terms."""
 
     name: str
     title: str = Field(min_length=1)
@@ -212,6 +232,7 @@ class TaskDefinition(_Frozen):
     metric_labels: tuple[str, ...] | None = None
     prompt: PromptRules
     data: DataFraming
+    watch: WatchTerms = WatchTerms()
 
     @field_validator("name")
     @classmethod

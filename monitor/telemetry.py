@@ -120,6 +120,38 @@ HEAP_BYTES = Gauge("monitor_heap_bytes",
 BUDGET_TOKENS = Gauge("monitor_explainer_budget_tokens", "Explanations the budget allows right now",
                       multiprocess_mode="livesum")
 
+# -- sources: platform streams into the posts topic (``monitor source``, the worker's source role) ------
+SOURCE_EVENTS = Counter("monitor_source_events_total",
+                        "Platform events read, by source, kind (post, erase, skip, bad) and what they were",
+                        ["source", "kind", "what"])
+SOURCE_POSTS = Counter("monitor_source_posts_total",
+                       "Platform posts by what the filters decided: kept, dropped_language, dropped_keyword, "
+                       "dropped_sample, duplicate (sent already)", ["source", "outcome"])
+SOURCE_SENT = Counter("monitor_source_records_sent_total",
+                      "Records a source sent and the broker acknowledged, by kind (post, erase, bad)", ["kind"])
+SOURCE_SEND_FAILURES = Counter("monitor_source_send_failures_total",
+                               "Batches a source could not get acknowledged (retried until they are)")
+SOURCE_RECONNECTS = Counter("monitor_source_reconnects_total",
+                            "Reconnections of a source's stream, by reason (error, closed, stall)", ["source", "reason"])
+SOURCE_CONNECTED = Gauge("monitor_source_connected", "1 while a source's stream is connected", ["source"],
+                         multiprocess_mode="livemax")
+SOURCE_STALLED = Gauge("monitor_source_stalled", "1 from a stall (no message for MONITOR_SOURCE__STALL_S) until "
+                       "the next message", ["source"], multiprocess_mode="livemax")
+SOURCE_HEALTHY = Gauge("monitor_source_healthy", "1 while a source's stream is connected and has sent a message "
+                       "within MONITOR_SOURCE__STALL_S", ["source"], multiprocess_mode="livemax")
+SOURCE_LAG = Gauge("monitor_source_lag_seconds", "How far behind the platform a source reads: now minus the time "
+                   "of its latest kept post (Jetstream's time_us; Mastodon's created_at)", ["source"],
+                   multiprocess_mode="livemax")
+SOURCE_POSITION = Gauge("monitor_source_position_seconds", "Platform time of a source's stored position",
+                        ["source"], multiprocess_mode="livemax")
+SOURCE_PENDING = Gauge("monitor_source_pending_events", "Events read and not yet acknowledged by the broker",
+                       ["source"], multiprocess_mode="livesum")
+ERASURES = Counter("monitor_erasures_total", "Erasures the persist role applied, by origin (platform, request) "
+                   "and outcome (applied: posts removed; unknown: nothing stored; repeat: already honoured)",
+                   ["origin", "outcome"])
+ERASED_POSTS = Counter("monitor_erased_posts_total", "Posts removed by erasures (removed) or not stored because an "
+                       "erasure covered them (refused)", ["when"])
+
 # -- the supervisor's own: ``monitor worker``'s parent process, served beside its children's samples ------
 # Registered in no registry here: the parent adds them to the one it serves (``serve(collectors=...)``).
 WORKER_RESTARTS = Counter("monitor_worker_restarts_total",
@@ -140,8 +172,9 @@ _ALL = (POSTS_CONSUMED, PREDICTIONS, ESCALATIONS, EXPLANATIONS, FLIPS, NOT_EXPLA
         INFERENCE_SECONDS, BATCH_SIZE, LLM_SECONDS, DB_WRITE_SECONDS, END_TO_END_SECONDS,
         PIPELINE_SECONDS, CONSUMER_LAG, EXPLAINER_QUEUE, MODEL_INFO, GPU_MEMORY, LABEL_SHARE, LABEL_SHARE_EXPECTED,
         MEAN_CONFIDENCE, SIGNAL_ALERT, SIGNAL_SCORE, SIGNAL_OBSERVED, SIGNAL_BUCKET, SIGNAL_EXPECTED, FAULT_WAITING, BUDGET_TOKENS,
-        HEAP_BYTES,
-        *SUPERVISOR_METRICS)
+        HEAP_BYTES, SOURCE_EVENTS, SOURCE_POSTS, SOURCE_SENT, SOURCE_SEND_FAILURES, SOURCE_RECONNECTS,
+        SOURCE_CONNECTED, SOURCE_STALLED, SOURCE_HEALTHY, SOURCE_LAG, SOURCE_POSITION, SOURCE_PENDING, ERASURES,
+        ERASED_POSTS, *SUPERVISOR_METRICS)
 
 
 def _exposed_names(metric) -> set[str]:  # noqa: ANN001

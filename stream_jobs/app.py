@@ -22,7 +22,8 @@ from stream_jobs.security import broker_credentials
 
 
 #: The topics each role consumes (fields of ``TopicSettings``): its consumer lag is measured on these.
-ROLE_INPUTS = {"classify": ("posts",), "explain": ("escalations",), "persist": ("predictions", "explanations")}
+ROLE_INPUTS = {"classify": ("posts",), "explain": ("escalations",),
+               "persist": ("predictions", "explanations", "erasures")}
 
 
 def broker_urls(settings: Settings) -> list[str]:

@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from monitor.cli import config_cmd, db, models, services, signals
+from monitor.cli import config_cmd, db, models, privacy, services, signals, source
 from monitor.cli.classify import classify
 from monitor.cli.demo import demo
 from monitor.cli.evaluate import evaluate
@@ -47,6 +47,8 @@ app.add_typer(services.app, name="services")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(models.app, name="models")
 app.add_typer(signals.app, name="signals")
+app.add_typer(source.app, name="source")
+app.add_typer(privacy.app, name="privacy")
 
 
 def load_settings() -> Settings:

@@ -1,10 +1,11 @@
-"""``monitor worker --role classify|explain|persist|all``: run stream workers (Faust, over Kafka) and keep
-them running.
+"""``monitor worker --role classify|explain|persist|source|all``: run stream workers (Faust, over Kafka) and
+keep them running.
 
 Each role runs as its own process (``python -m stream_jobs --role R``) and its own consumer group,
 so roles scale independently: start more of the busy role, here or on other machines. This process
 supervises them: it restarts a role process that dies, and one that stops beating or declares itself
 broken (``monitor.supervision`` decides, from the health file each one keeps, ``monitor.health``).
+The ``source`` role (``python -m monitor.sources``) watches the platform of ``MONITOR_SOURCE__*``.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ class Role(str, Enum):
     classify = "classify"
     explain = "explain"
     persist = "persist"
+    source = "source"
     all = "all"
 
 
 def worker(
     ctx: typer.Context,
-    role: Role = typer.Option(Role.all, help="Which role to run (all = one process per role)"),
+    role: Role = typer.Option(Role.all, help="Which role to run (all = one process per role; with "
+                              "MONITOR_SOURCE__PLATFORM set, all includes the source)"),
     loglevel: str = typer.Option("warn", help="Faust log level: crit, error, warn, info, debug"),
 ) -> None:
     """Run stream workers until interrupted, restarting a role process that dies,
@@ -55,6 +58,8 @@ def worker(
 
     settings = ctx.obj.settings
     roles = ROLES if role is Role.all else (role.value,)
+    if role is Role.all and settings.source.platform:
+        roles = (*ROLES, "source")
     health_dir = settings.data_dir / "health" / str(os.getpid())
     shutil.rmtree(health_dir, ignore_errors=True)  # a report left by an earlier run must not count
     health_dir.mkdir(parents=True)
@@ -138,9 +143,10 @@ def worker(
 
 def _spawn(role: str, loglevel: str, health_file: Path, env: dict[str, str]) -> subprocess.Popen:
     health_file.unlink(missing_ok=True)
-    return subprocess.Popen(  # noqa: S603 - the command is built here, not from input
-        [sys.executable, "-m", "stream_jobs", "--role", role, "--loglevel", loglevel,
-         "--health-file", str(health_file)], env=env)
+    command = [sys.executable, "-m", "stream_jobs", "--role", role, "--loglevel", loglevel]
+    if role == "source":  # not a Faust worker: a platform stream into the posts topic
+        command = [sys.executable, "-m", "monitor.sources"]
+    return subprocess.Popen(command + ["--health-file", str(health_file)], env=env)  # noqa: S603 - built here
 
 
 def _forget(process: subprocess.Popen, health_file: Path, metrics_dir: Path | None) -> None:

@@ -183,3 +183,29 @@ def group_positions(settings: KafkaSettings, group: str,
 def group_lag(settings: KafkaSettings, group: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
     """Records not yet committed by ``group``, per (topic, partition) of ``topics``."""
     return {tp: max(0, end - done) for tp, (done, end) in group_positions(settings, group, topics).items()}
+
+
+def latest_by_key(settings: KafkaSettings, topic: str) -> dict[bytes, bytes]:
+    """The latest value of every key of a compacted ``topic`` (a key whose latest record is a tombstone
+    is absent), read from each partition's start to its end offset as it was when the read began."""
+    consumer = _consumer(settings, "state")
+    latest: dict[bytes, bytes] = {}
+    try:
+        tps = _partitions(consumer, topic)
+        ends = consumer.end_offsets(tps)
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        for tp in tps:
+            while consumer.position(tp) < ends[tp]:
+                for record in consumer.poll(timeout_ms=1000, max_records=500).get(tp, []):
+                    if record.offset >= ends[tp] or record.key is None:
+                        continue
+                    if record.value is None:
+                        latest.pop(record.key, None)
+                    else:
+                        latest[record.key] = record.value
+    except KafkaError as exc:
+        raise BrokerError(f"cannot read {topic!r}: {exc}") from exc
+    finally:
+        consumer.close()
+    return latest

@@ -18,9 +18,14 @@ class TopicSpec:
 
 
 def topic_specs(kafka: KafkaSettings, topics: TopicSettings) -> list[TopicSpec]:
-    """The project's topics: every stage topic, plus the dead-letter topic with a longer retention."""
+    """The project's topics: every stage topic, the dead-letter topic with a longer retention, and the
+    sources' positions: compacted (the latest position per source is kept for ever), one partition."""
     specs = []
     for role, name in topics.all().items():
+        if role == "positions":
+            specs.append(TopicSpec(name=name, partitions=1, replication_factor=kafka.replication_factor,
+                                   configs={"cleanup.policy": "compact", "min.compaction.lag.ms": str(_HOUR_MS)}))
+            continue
         hours = kafka.dead_letter_retention_hours if role == "dead_letter" else kafka.retention_hours
         specs.append(
             TopicSpec(

@@ -1,4 +1,4 @@
-"""SQLAlchemy tables: posts, predictions, explanations, signals, replay runs and alerts.
+"""SQLAlchemy tables: posts, predictions, explanations, signals, replay runs, alerts and erasures.
 
 Every table that a stream writes has a natural unique key, so an at-least-once redelivery of the
 same record inserts nothing new (see ``repository``). The same schema runs on PostgreSQL and on
@@ -99,6 +99,7 @@ class Post(Base):
     __table_args__ = (
         UniqueConstraint("source", "source_id"),
         Index(None, "created_at"),
+        Index(None, "author"),  # erasure by author
     )
 
 
@@ -235,4 +236,30 @@ class Alert(Base):
         CheckConstraint(_one_of("granularity", GRANULARITIES), name="granularity"),
         CheckConstraint(_one_of("series", SERIES_KINDS), name="series"),
         CheckConstraint(_one_of("method", EARS_METHODS), name="method"),
+    )
+
+
+ERASURE_KINDS = ("post", "author")
+ERASURE_ORIGINS = ("platform", "request")
+
+
+class Erasure(Base):
+    """A deletion honoured, kept as a tombstone: the rows are gone, and a post that arrives later (a
+    redelivery, a replay, a lagging stage) under an erased (source, id) or author is not stored again."""
+
+    __tablename__ = "erasures"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    source: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(8), comment="post: one post; author: every post of an author")
+    target: Mapped[str] = mapped_column(String(128), comment="the post's source id, or the author's keyed hash")
+    origin: Mapped[str] = mapped_column(String(16), comment="platform (a delete event) or request (monitor privacy)")
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    erased_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    posts_removed: Mapped[int] = mapped_column(Integer, default=0, comment="posts deleted when it was first applied")
+
+    __table_args__ = (
+        UniqueConstraint("source", "kind", "target"),
+        CheckConstraint(_one_of("kind", ERASURE_KINDS), name="kind"),
+        CheckConstraint(_one_of("origin", ERASURE_ORIGINS), name="origin"),
     )

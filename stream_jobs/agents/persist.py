@@ -1,4 +1,5 @@
-"""posts.classified + posts.explained -> idempotent upserts -> signals.flagged; periodic EARS detection."""
+"""posts.classified + posts.explained -> idempotent upserts -> signals.flagged; posts.erasures -> deletes and
+tombstones; periodic EARS detection."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ from datetime import UTC, datetime
 from monitor import telemetry
 from monitor.cases import Decision, decode_classified
 from monitor.pipeline import decide_by_classifier, write
+from monitor.records import Erasure
 from monitor.signals.detect import publish, run_detection
+from monitor.storage.erasures import erase
 from monitor.storage.session import transaction
 from stream_jobs.batches import deliver
+
+
+def _erase(factory, records, author_key):  # noqa: ANN001, ANN202
+    with transaction(factory) as session:
+        return erase(session, records, author_key=author_key)
 
 
 def _detect(resources):  # noqa: ANN001, ANN202
@@ -52,7 +60,16 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
     async def handle_explanations(events) -> None:  # noqa: ANN001
         await store([], [Decision.model_validate_json(event.message.value or b"") for event in events])
 
-    for name, handle in (("predictions", handle_predictions), ("explanations", handle_explanations)):
+    async def handle_erasures(events) -> None:  # noqa: ANN001
+        """Deletions from the platforms and from `monitor privacy erase`; a ValidationError is poison."""
+        records = [Erasure.model_validate_json(event.message.value or b"") for event in events]
+        done = await resources.run("persist", _erase, runtime.factory, records, runtime.author_key)
+        for (origin, outcome), n in done.outcomes.items():
+            telemetry.ERASURES.labels(origin, outcome).inc(n)
+        telemetry.ERASED_POSTS.labels("removed").inc(done.posts)
+
+    for name, handle in (("predictions", handle_predictions), ("explanations", handle_explanations),
+                         ("erasures", handle_erasures)):
         _register_persist(app, topics, resources, name, handle, batch_size, within)
 
     # Every persist worker may run it: alert rows are idempotent, the gauges are per series.

@@ -81,3 +81,34 @@ def test_an_unknown_ablation_variant_is_one_line(tmp_path):
     line = _one_error_line(result)
     assert "unknown ablation variants: ['bogus']" in line and "tfidf_lr" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_privacy_erase_removes_an_authors_posts_through_the_keyed_hash(tmp_path):
+    """The CLI on a real SQLite database: the author is found by the same keyed hash the pipeline stored."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+
+    from monitor.config import DatabaseSettings
+    from monitor.privacy import load_author_key
+    from monitor.records import Post
+    from monitor.storage import migrations, repository
+    from monitor.storage.session import create_db_engine, make_sessionmaker, transaction
+    from monitor.storage.tables import Post as PostRow
+
+    database = DatabaseSettings(url=f"sqlite:///{tmp_path / 'm.db'}")
+    migrations.upgrade(database)
+    factory = make_sessionmaker(create_db_engine(database))
+    key = load_author_key(None, tmp_path / "author.key")  # the key the CLI will load from the data folder
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    with transaction(factory) as session:
+        repository.upsert_posts(session, [Post(id=f"p{i}", text="t", created_at=at, source="bluesky",
+                                               author="did:plc:alice" if i < 2 else "did:plc:bob") for i in range(3)],
+                                author_key=key)
+    result = _monitor(["privacy", "erase", "--source", "bluesky", "--author", "did:plc:alice"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2 posts removed" in " ".join(result.stdout.split())
+    with transaction(factory) as session:
+        assert session.execute(select(PostRow.source_id)).scalars().all() == ["p2"]
+    assert "give either --author or --post" in _one_error_line(_monitor(["privacy", "erase", "--source", "x"],
+                                                                        tmp_path))

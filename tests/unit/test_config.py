@@ -18,7 +18,7 @@ def test_defaults_are_a_working_one_machine_setup():
     assert s.database.url.startswith("sqlite:///")
     assert s.kafka.bootstrap_servers == "127.0.0.1:9092"
     assert s.services.manage_kafka and s.services.manage_postgres
-    assert len(set(s.topics.all().values())) == 6
+    assert len(set(s.topics.all().values())) == 8  # six stages, erasures, source positions
 
 
 def test_nested_env_overrides(monkeypatch):

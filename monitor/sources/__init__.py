@@ -1,0 +1,1 @@
+"""Platform sources: live streams of posts into the posts topic."""
