@@ -437,6 +437,11 @@ def encode_post(post: Post) -> bytes:
 # ---------------------------------------------------------------- dead letters
 
 
+def as_utc(value: datetime) -> datetime:
+    """A time in UTC; one without a zone is taken as UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class DeadLetter(BaseModel):
     """A record a stage could not handle: its bytes, why, where it came from and when.
 
@@ -458,10 +463,7 @@ class DeadLetter(BaseModel):
     offset: int | None = Field(None, ge=0)
     time: datetime
 
-    @field_validator("time")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    _utc = field_validator("time")(as_utc)
 
     @classmethod
     def of(cls, raw: bytes | bytearray | memoryview | None, *, reason: str, message: str, stage: Stage,
@@ -529,10 +531,7 @@ class Erasure(BaseModel):
     def _name(cls, value: str | None) -> str | None:
         return None if value is None else _printable(value, "the value")
 
-    @field_validator("time")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    _utc = field_validator("time")(as_utc)
 
     @model_validator(mode="after")
     def _one_target(self) -> Erasure:

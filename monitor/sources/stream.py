@@ -52,6 +52,14 @@ class Platform(Protocol):
     def read(self, http: Any, host: int, position: int | None, stall_s: float) -> AsyncIterator[SourceEvent]:
         ...
 
+    def position_time(self, position: int) -> float:
+        """The platform time (Unix seconds) a position stands for."""
+        ...
+
+    def event_time(self, event: SourceEvent) -> float:
+        """The platform time of a kept post, for the lag behind the platform."""
+        ...
+
 
 @dataclass
 class JetstreamStream:
@@ -61,6 +69,15 @@ class JetstreamStream:
     dids: Sequence[str] = ()
     rewind_s: float = 5.0
     name: str = bluesky.SOURCE
+
+    def position_time(self, position: int) -> float:
+        return position / 1_000_000  # time_us
+
+    def event_time(self, event: SourceEvent) -> float:
+        # The relay's clock, not the client's createdAt, which can be anything.
+        if event.position is not None:
+            return self.position_time(event.position)
+        return event.post.created_at.timestamp() if event.post is not None else time.time()
 
     async def read(self, http: Any, host: int, position: int | None, stall_s: float) -> AsyncIterator[SourceEvent]:
         import aiohttp
@@ -95,6 +112,12 @@ class MastodonStream:
     def __post_init__(self) -> None:
         self.name = self.name or f"{mastodon.SOURCE}:{self.timeline.name}"
         self.hosts = (self.timeline.instance,)
+
+    def position_time(self, position: int) -> float:
+        return (position >> 16) / 1000  # a snowflake id: milliseconds << 16 | sequence
+
+    def event_time(self, event: SourceEvent) -> float:
+        return event.post.created_at.timestamp() if event.post is not None else time.time()
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -357,10 +380,7 @@ def _decide(state: StreamState, event: SourceEvent, post_filter: PostFilter) -> 
         if verdict != KEPT:
             return SourceEvent("skip", verdict, event.position)
         state.queued.add(event.post.id)
-        if event.position is not None and name.startswith(bluesky.SOURCE):
-            telemetry.SOURCE_LAG.labels(name).set(max(0.0, time.time() - event.position / 1_000_000))
-        else:
-            telemetry.SOURCE_LAG.labels(name).set(max(0.0, time.time() - event.post.created_at.timestamp()))
+        telemetry.SOURCE_LAG.labels(name).set(max(0.0, time.time() - state.platform.event_time(event)))
     return event
 
 
@@ -425,7 +445,8 @@ async def _write(streams: list[StreamState], queue: asyncio.Queue[tuple[StreamSt
                 dirty, last_store = False, time.monotonic()
                 for s in streams:
                     if s.acked_position is not None:
-                        telemetry.SOURCE_POSITION.labels(s.platform.name).set(_position_seconds(s))
+                        telemetry.SOURCE_POSITION.labels(s.platform.name).set(
+                            s.platform.position_time(s.acked_position))
             except BrokerError as exc:  # the next round tries again; nothing is lost, a restart re-reads more
                 log.warning("broker: could not store positions: %s", exc)
                 if final:
@@ -433,11 +454,3 @@ async def _write(streams: list[StreamState], queue: asyncio.Queue[tuple[StreamSt
         if final:
             return
 
-
-def _position_seconds(state: StreamState) -> float:
-    """The platform time of a stored position: Jetstream's microseconds; a Mastodon id's top bits are
-    its creation time in milliseconds (the id is a snowflake: milliseconds << 16 | sequence)."""
-    cursor = state.acked_position or 0
-    if state.platform.name.startswith(bluesky.SOURCE):
-        return cursor / 1_000_000
-    return (cursor >> 16) / 1000

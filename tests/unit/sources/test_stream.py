@@ -37,6 +37,12 @@ class Script:
     name: str = "test"
     seen: list[tuple[int, int | None]] = field(default_factory=list)  # (host, position) of each connection
 
+    def position_time(self, position):
+        return float(position)
+
+    def event_time(self, event):
+        return event.post.created_at.timestamp()
+
     async def read(self, session, host, position, stall_s):
         self.seen.append((host, position))
         if not self.connections:
@@ -163,3 +169,12 @@ def test_recent_ids_are_bounded_and_ordered():
     for item in ("c", "d", "b"):
         recent.add(item)
     assert recent.ids() == ("c", "d", "b") and "a" not in recent
+
+
+def test_a_position_reads_as_platform_time_whatever_the_source_is_named():
+    from monitor.sources.mastodon import Timeline
+    from monitor.sources.stream import JetstreamStream, MastodonStream
+
+    assert JetstreamStream(("wss://j",), name="bsky-vaccines").position_time(1_764_504_000_000_000) == 1_764_504_000.0
+    snowflake = 1_764_504_000_000 << 16 | 7  # milliseconds << 16 | sequence
+    assert MastodonStream(Timeline("https://m.example"), None, name="m").position_time(snowflake) == 1_764_504_000.0
