@@ -47,7 +47,11 @@ def test_project_topics_are_created_with_partitions_and_retention(kafka: KafkaSe
     names = TopicSettings(**{role: f"{prefix}.{role}" for role in TopicSettings().all()})
     settings = kafka.model_copy(update={"partitions": 2, "retention_hours": 5})
     reports = broker.ensure_topics(settings, topic_specs(settings, names))
-    assert all(r.created for r in reports) and {r.partitions for r in reports} == {2}
+    # Every stage topic with the configured partitions; the sources' positions in one (read whole at start).
+    assert all(r.created for r in reports)
+    assert {r.name: r.partitions for r in reports} == {name: 1 if name == names.positions else 2
+                                                      for name in names.all().values()}
+    assert broker.topic_configs(settings, names.positions)["cleanup.policy"] == "compact"
     assert broker.topic_configs(settings, names.posts)["retention.ms"] == str(5 * 3_600_000)
     assert broker.topic_configs(settings, names.dead_letter)["retention.ms"] == str(
         settings.dead_letter_retention_hours * 3_600_000

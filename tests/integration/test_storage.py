@@ -18,7 +18,7 @@ from monitor.storage.tables import Post as PostRow
 from monitor.storage.tables import Prediction as PredictionRow
 
 KEY = b"test-key"
-TABLES = {"posts", "predictions", "explanations", "signals", "replay_runs", "alerts"}
+TABLES = {"posts", "predictions", "explanations", "signals", "replay_runs", "alerts", "erasures"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
