@@ -218,6 +218,49 @@ def test_a_stalled_host_is_left_for_the_next_one_and_nothing_is_lost(kafka, sour
         assert source.metric("monitor_source_stalled", source="bluesky") == 0  # cleared by the next message
 
 
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_with_the_broker_away_the_source_stops_reading_and_resumes_without_a_gap(
+        kafka, settings, source_env, start_source):
+    """Back-pressure as an operator meets it: the real broker stopped for 20 s in the middle of a stream."""
+    from monitor.services import local
+
+    topics, env = source_env
+    events = _synthetic(6000, 1_798_500_000_000_000)  # 20 s of stream at 300/s: more than the outage
+    with JetstreamStandin(events, rate=300) as server:
+        source = start_source({**env, "MONITOR_SOURCE__PLATFORM": "bluesky", "MONITOR_SOURCE__MAX_PENDING": "300",
+                               "MONITOR_SOURCE__BATCH": "100",
+                               "MONITOR_SOURCE__JETSTREAM_URLS": json.dumps([server.ws_url])})
+        _wait(lambda: sum(broker.end_offsets(kafka, topics.posts).values()) >= 300, source, every_s=0.1)
+        local.down(settings, ["kafka"])
+        try:
+            time.sleep(5)  # the batch in flight and the bounded queue fill up by now
+            read, pending, rss = [], [], []
+            for _ in range(12):
+                read.append(source.metric("monitor_source_events_total", source="bluesky"))
+                pending.append(source.metric("monitor_source_pending_events", source="bluesky"))
+                rss.append(_rss_mb(source.process.pid))
+                time.sleep(1)
+            assert source.process.poll() is None, source.log.read_text()[-3000:]
+        finally:
+            local.up(settings, ["kafka"])
+        # The source stopped taking events (what the kernel's socket buffers hold waits there) with no more
+        # than the queue and one batch unacknowledged, and its memory stayed flat.
+        assert read[0] == read[-1] < len(events), read
+        assert max(pending) <= 300 + 100 + 1, pending
+        assert max(rss) - min(rss) < 10, rss
+        _wait(_stored_at(kafka, topics, "bluesky", events[-1]["time_us"]), source, timeout_s=180)
+        ids = Counter(r.key.decode() for r in _records(kafka, topics.posts))
+        assert set(ids) == {f"at://{e['did']}/{POST}/{e['commit']['rkey']}" for e in events}  # no gap
+        assert max(ids.values()) == 1  # the producer's own retries are idempotent: nothing doubled
+        assert source.stop() == 0
+
+
 def _mastodon_posts(events: list, host: str) -> set[str]:
     ids = set()
     for e in events:
