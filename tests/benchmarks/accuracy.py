@@ -15,6 +15,7 @@ CPU seconds. Writes docs/accuracy.md (with the exact command and the CPU) and co
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -49,6 +50,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--out", type=Path, default=Path("/tmp/accuracy"), help="model folders and raw reports")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "accuracy.md")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take a task's finished ablation.json from --out instead of training it again "
+                             "(the same options are assumed: a run that was cut off goes on at the next task)")
     return parser.parse_args()
 
 
@@ -91,12 +95,18 @@ def main() -> int:
         task = load_task(name)
         config = FineTuneConfig(model_path=default_encoder_path(), max_length=args.max_length, epochs=args.epochs,
                                 batch_size=args.batch_size, seed=args.seed, device=args.device)
-        started = time.monotonic()
-        with training_progress() as progress:
-            rows = run_ablation(task, name, data, args.out / name, variants=variants, synonyms=WordNetSynonyms(),
-                                data_options=DataOptions(seed=args.seed, train_subsample=args.train_subsample),
-                                finetune_config=config, progress=progress)
-        minutes = (time.monotonic() - started) / 60
+        finished = args.out / name / "ablation.json"
+        if args.reuse and finished.exists():  # a run cut off resumes at the next task
+            rows = json.loads(finished.read_text())["rows"]
+            minutes = sum(r["seconds"] for r in rows if r["variant"] != STACKED) / 60
+            console.print(f"{name}: reusing {finished}")
+        else:
+            started = time.monotonic()
+            with training_progress() as progress:
+                rows = run_ablation(task, name, data, args.out / name, variants=variants, synonyms=WordNetSynonyms(),
+                                    data_options=DataOptions(seed=args.seed, train_subsample=args.train_subsample),
+                                    finetune_config=config, progress=progress)
+            minutes = (time.monotonic() - started) / 60
         console.print(ablation_markdown(rows, task))
         target = plots_dir / name
         target.mkdir(parents=True, exist_ok=True)
