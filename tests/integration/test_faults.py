@@ -221,10 +221,10 @@ def _assert_exact(rows: dict, posts: list[Post]) -> None:
 
 
 def test_postgres_stopped_for_a_minute_mid_stream_loses_nothing(stack: Stack):
-    posts = _posts("pg-outage", 1500)
+    posts = _posts("pg-outage", 900)
     producer = threading.Thread(target=_produce, args=(stack, posts), kwargs={"rate_per_s": 60}, daemon=True)
     producer.start()
-    _until(lambda: len(_stored(stack, "pg-outage")["predictions"]) >= 375, 240, "a quarter of the rows", stack)
+    _until(lambda: len(_stored(stack, "pg-outage")["predictions"]) >= 225, 240, "a quarter of the rows", stack)
     settings = Settings(_env_file=None)
     local.down(settings, ["postgres"])
     try:
@@ -242,9 +242,9 @@ def test_postgres_stopped_for_a_minute_mid_stream_loses_nothing(stack: Stack):
 
 
 def test_broker_restarted_mid_stream_loses_nothing(stack: Stack):
-    posts = _posts("broker-restart", 1000)
+    posts = _posts("broker-restart", 600)
     _produce(stack, posts)
-    _until(lambda: len(_stored(stack, "broker-restart")["predictions"]) >= 200, 240, "some rows", stack)
+    _until(lambda: len(_stored(stack, "broker-restart")["predictions"]) >= 150, 240, "some rows", stack)
     settings = Settings(_env_file=None)
     local.down(settings, ["kafka"])
     time.sleep(10)
@@ -256,7 +256,7 @@ def test_broker_restarted_mid_stream_loses_nothing(stack: Stack):
 @pytest.mark.parametrize("role", ["classify", "persist", "explain"])
 def test_kill_9_of_one_role_mid_stream_loses_nothing(stack: Stack, role: str):
     source = f"kill-{role}"
-    posts = _posts(source, 500)
+    posts = _posts(source, 300)
     _produce(stack, posts)
     watched = "explanations" if role == "explain" else "predictions"
     _until(lambda: len(_stored(stack, source)[watched]) >= (5 if role == "explain" else 100), 240,

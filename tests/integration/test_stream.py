@@ -33,7 +33,7 @@ from monitor.corpus import load_examples
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 GOOD = 300  # the kill -9 test
-MANY, MANY_BAD = 2500, 500  # the end-to-end test: every role, every path (over budget, dead letters)
+MANY, MANY_BAD = 1200, 240  # the end-to-end test: every role, every path (over budget, dead letters)
 
 
 def _bad_records(count: int) -> list[bytes]:
@@ -94,8 +94,8 @@ def _query_until(url: str, promql: str, expected: float, timeout_s: float = 30.0
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # its own deadline is 420 s; pytest's default 300 s would cut it short
-def test_thousands_of_posts_and_malformed_records_through_every_role_counted_by_prometheus(kafka, postgres_db, stream_env,
-                                                                                tmp_path):
+def test_over_a_thousand_posts_and_malformed_records_through_every_role_counted_by_prometheus(
+        kafka, postgres_db, stream_env, tmp_path):
     topics, env = stream_env
     posts = _sample_posts("s", "stream-test", MANY)
     bad = _bad_records(MANY_BAD)
