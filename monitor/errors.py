@@ -30,6 +30,14 @@ class BrokerError(MonitorError):
     """The Kafka broker refused or failed a request."""
 
 
+class PartlySent(BrokerError):
+    """The broker acknowledged the first ``done`` records of a batch (``counts`` of them by kind), not the rest."""
+
+    def __init__(self, message: str, *, done: int, counts: dict[str, int]) -> None:
+        super().__init__(message, transient=True)
+        self.done, self.counts = done, counts
+
+
 class StorageError(MonitorError):
     """The database refused or failed a request, or its schema is not at the expected revision."""
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from monitor.config import KafkaSettings, TopicSettings
-from monitor.errors import BrokerError
+from monitor.errors import BrokerError, PartlySent
 from monitor.records import DeadLetter
 from monitor.sources.events import SourceEvent
 from monitor.sources.positions import Position
@@ -28,23 +28,36 @@ class BrokerSink:
         self._producer = open_producer(kafka, Compression.none)
 
     def send(self, events: Sequence[SourceEvent]) -> dict[str, int]:
-        """Send what ``events`` hold (posts, erasures, dead letters); counts by kind once all are acknowledged."""
+        """Send what ``events`` hold (posts, erasures, dead letters); counts by kind once all are acknowledged.
+
+        If the producer refuses a record part-way (no metadata: the broker went away), the records it
+        already took are still waited for; when the broker acknowledges them, ``PartlySent`` says how many
+        events are done, so a retry sends only the rest instead of sending those twice.
+        """
         from monitor.feed import timestamp_ms
 
         futures: list[Any] = []
         counts = {"post": 0, "erase": 0, "bad": 0}
         now = datetime.now(UTC)
-        for event in events:
-            if event.kind == "post" and event.post is not None and event.value is not None:
-                futures.append(self._send(self.topics.posts, event.key, event.value, timestamp_ms(event.post.created_at)))
-            elif event.kind == "erase" and event.erasure is not None:
-                futures.append(self._send(self.topics.erasures, event.key, event.erasure.model_dump_json().encode(),
-                                          timestamp_ms(event.erasure.time)))
-            elif event.kind == "bad":
-                letter = DeadLetter.of(event.raw, reason=event.what, message=event.message, stage="source", time=now)
-                futures.append(self._send(self.topics.dead_letter, None, letter.to_bytes(), None))
-            else:
-                continue
+        for done, event in enumerate(events):
+            try:
+                if event.kind == "post" and event.post is not None and event.value is not None:
+                    futures.append(self._send(self.topics.posts, event.key, event.value,
+                                              timestamp_ms(event.post.created_at)))
+                elif event.kind == "erase" and event.erasure is not None:
+                    futures.append(self._send(self.topics.erasures, event.key,
+                                              event.erasure.model_dump_json().encode(), timestamp_ms(event.erasure.time)))
+                elif event.kind == "bad":
+                    letter = DeadLetter.of(event.raw, reason=event.what, message=event.message, stage="source",
+                                           time=now)
+                    futures.append(self._send(self.topics.dead_letter, None, letter.to_bytes(), None))
+                else:
+                    continue
+            except BrokerError as exc:
+                if not futures:
+                    raise
+                self._wait(futures)  # raises if these are not acknowledged either: then all are retried
+                raise PartlySent(str(exc), done=done, counts=counts) from exc
             counts[event.kind] += 1
         self._wait(futures)
         return counts

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from monitor import telemetry
 from monitor.config import SourceSettings
-from monitor.errors import BrokerError, ConfigError
+from monitor.errors import BrokerError, ConfigError, PartlySent
 from monitor.faults import backoff_delay
 from monitor.sources import bluesky, mastodon
 from monitor.sources.events import SourceEvent
@@ -412,11 +412,21 @@ async def _write(streams: list[StreamState], queue: asyncio.Queue[tuple[StreamSt
         if final:
             batch = batch[:-1]
         events = [e for _, e in batch if e.kind in ("post", "erase", "bad")]
-        attempt = 0
+        attempt, counts = 0, {}
         while events:
             try:
-                counts = await asyncio.to_thread(sink.send, events)
+                for kind, n in (await asyncio.to_thread(sink.send, events)).items():
+                    counts[kind] = counts.get(kind, 0) + n
                 break
+            except PartlySent as exc:  # the broker has the first events: only the rest go again
+                for kind, n in exc.counts.items():
+                    counts[kind] = counts.get(kind, 0) + n
+                events = events[exc.done:]
+                telemetry.SOURCE_SEND_FAILURES.inc()
+                log.warning("broker: %s; retrying the %d events it did not take", exc, len(events))
+                await asyncio.sleep(backoff_delay(attempt, base_s=settings.backoff_base_s,
+                                                  cap_s=min(settings.backoff_cap_s, 30.0), rng=rng))
+                attempt += 1
             except BrokerError as exc:
                 telemetry.SOURCE_SEND_FAILURES.inc()
                 if health is not None:
@@ -425,8 +435,6 @@ async def _write(streams: list[StreamState], queue: asyncio.Queue[tuple[StreamSt
                 await asyncio.sleep(backoff_delay(attempt, base_s=settings.backoff_base_s,
                                                   cap_s=min(settings.backoff_cap_s, 30.0), rng=rng))
                 attempt += 1
-        else:
-            counts = {}
         if health is not None and attempt:
             health.unblock("broker")
         for kind, n in counts.items():

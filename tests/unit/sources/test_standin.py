@@ -19,7 +19,6 @@ from monitor.sources.standin.recording import (
     OVERSIZED_CHARS,
     jetstream_events,
     load_recording,
-    mastodon_events,
     summary,
     write_recording,
     write_recordings,

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 
 from monitor.config import SourceSettings
-from monitor.errors import BrokerError, ConfigError
+from monitor.errors import BrokerError, ConfigError, PartlySent
 from monitor.records import Post
 from monitor.sources.events import SourceEvent
 from monitor.sources.filters import PostFilter
@@ -106,6 +106,31 @@ def test_a_batch_the_broker_refuses_is_retried_and_no_position_moves_before_it_i
     asyncio.run(_run_until(script, broker, done=lambda: len(broker.sent) >= 2))
     assert broker.calls == 4 and broker.sent == ["p1", "p2"]
     assert all(p.cursor == 2 for p in broker.stored)  # stored only after the acknowledged send
+
+
+class PartBroker(Broker):
+    """Takes the first ``take`` events of the first batch, then goes away once (as the real sink says it)."""
+
+    def __init__(self, take: int) -> None:
+        super().__init__()
+        self.take: int | None = take
+
+    def send(self, events):
+        if self.take is None:
+            return super().send(events)
+        taken, self.take = events[:self.take], None
+        self.calls += 1
+        self.sent += [e.post.id for e in taken]
+        raise PartlySent("metadata timed out", done=len(taken), counts={"post": len(taken)})
+
+
+def test_a_batch_the_broker_took_in_part_is_retried_from_where_it_stopped():
+    broker = PartBroker(take=2)
+    script = Script([([post(1), post(2), post(3), post(4)], None)])
+    run = asyncio.run(_run_until(script, broker, done=lambda: len(broker.sent) >= 4))
+    assert broker.sent == ["p1", "p2", "p3", "p4"]  # p1 and p2 not sent a second time
+    assert run.sent["post"] == 4
+    assert broker.stored[-1].cursor == 4
 
 
 def test_reading_stops_while_the_broker_is_behind():
