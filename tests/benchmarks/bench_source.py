@@ -33,7 +33,7 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[2]
 PEAK, MEAN = 40.0, 25.0
-console = Console()
+console = Console(width=150)  # a wide table also when the output goes to a file
 
 
 def cpu_model() -> str:

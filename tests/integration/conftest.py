@@ -37,13 +37,40 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def kafka(settings: Settings) -> Iterator[KafkaSettings]:
-    """A broker that answers, with the project's topics created."""
+    """A broker that answers, with the project's topics created; the topics the session's tests create
+    are deleted at the end, so a broker that serves many runs does not slow down with thousands of them
+    (each restart loads every topic's log)."""
     managed = settings.services.manage_kafka
     started_here = managed and local.local_kafka(settings).pid() is None
     local.up(settings, ["kafka"])
+    before = _topics(settings.kafka)
     yield settings.kafka
+    _delete_topics(settings.kafka, _topics(settings.kafka) - before)
     if started_here:
         local.down(settings, ["kafka"])
+
+
+def _topics(kafka: KafkaSettings) -> set[str]:
+    from monitor.kafka.broker import admin_client
+
+    with admin_client(kafka) as client:
+        return set(client.list_topics())
+
+
+def _delete_topics(kafka: KafkaSettings, names: set[str]) -> None:
+    from kafka.errors import KafkaError
+
+    from monitor.errors import BrokerError
+    from monitor.kafka.broker import admin_client
+
+    names = {n for n in names if not n.startswith("__")}
+    try:
+        with admin_client(kafka) as client:
+            ordered = sorted(names)
+            for i in range(0, len(ordered), 200):
+                client.delete_topics(ordered[i:i + 200], timeout_ms=60_000)
+    except (KafkaError, BrokerError) as exc:  # housekeeping only: say so, fail nothing
+        print(f"could not delete the session's {len(names)} test topics: {exc}")
 
 
 @pytest.fixture(scope="session")
