@@ -449,6 +449,37 @@ class ServicesSettings(_Section):
         return value
 
 
+class ConsoleSettings(_Section):
+    """The analyst's web console (``monitor console``): where it listens and how its sessions are kept."""
+
+    host: str = Field("127.0.0.1", description="Address the console binds (0.0.0.0 behind a TLS proxy or in a container)")
+    port: int = Field(8080, ge=1, le=65535, description="Port of the console")
+    session_ttl_s: float = Field(28800.0, ge=60, le=30 * 86400, description="A sign-in lasts this long (seconds), then "
+                                 "the analyst signs in again")
+    secure_cookie: bool | None = Field(
+        None, description="Send the session cookie over HTTPS only; unset = on unless the console binds 127.0.0.1, "
+        "localhost or ::1")
+    secret_key: SecretStr | None = Field(
+        None, description="Key that signs session and CSRF tokens; unset = read from secret_key_path, generated there "
+        "on first start")
+    secret_key_path: Path | None = Field(
+        None, description="File holding the console key when secret_key is unset; unset = MONITOR_DATA_DIR/console.key")
+    page_size: int = Field(50, ge=5, le=500, description="Rows per page of the alert and signal lists")
+    search_scan_rows: int = Field(
+        50_000, ge=1000, le=10_000_000, description="A text search reads at most this many signals per page, then "
+        "offers to search older ones (bounds a rare phrase over a long range)")
+    health_cache_s: float = Field(
+        600.0, ge=0, le=86400, description="Keep each ended UTC day's model-health counts this long (seconds) in the "
+        "console process; 0 = read every day on every view")
+
+    @property
+    def cookie_secure(self) -> bool:
+        """The Secure flag: on by default everywhere but a console bound to the loopback interface."""
+        if self.secure_cookie is not None:
+            return self.secure_cookie
+        return self.host not in ("127.0.0.1", "localhost", "::1")
+
+
 class Settings(BaseSettings):
     """Everything the monitor can be told. Env: ``MONITOR_<SECTION>__<FIELD>``; also read from ``.env``."""
 
@@ -477,6 +508,7 @@ class Settings(BaseSettings):
     supervisor: SupervisorSettings = SupervisorSettings()
     source: SourceSettings = SourceSettings()
     faults: FaultSettings = FaultSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @field_validator("data_dir", "cache_dir")
     @classmethod

@@ -167,6 +167,17 @@ WORKER_RSS = Gauge("monitor_worker_rss_bytes", "Resident memory of each role pro
                    registry=None)
 SUPERVISOR_METRICS = (WORKER_RESTARTS, WORKER_UP, WORKER_READY, WORKER_RSS)
 
+# -- the analyst's console (monitor console) ------------------------------------------------------------
+CONSOLE_REVIEWS = Counter("monitor_console_reviews_total",
+                          "Reviews stored from the console, by task, kind (label, alert) and outcome (label: "
+                          "confirmed or corrected; alert: event or false_alarm)", ["task", "kind", "outcome"])
+CONSOLE_SIGN_INS = Counter("monitor_console_sign_ins_total", "Console sign-in attempts, by outcome (ok, refused)",
+                           ["outcome"])
+CONSOLE_DENIED = Counter("monitor_console_denied_total",
+                         "Console requests refused, by reason (unauthenticated, forbidden, csrf)", ["reason"])
+CONSOLE_EXPORTED = Counter("monitor_console_reviews_exported_total",
+                           "Reviewed posts written to a training file by `monitor reviews export`, by task", ["task"])
+
 _ALL = (POSTS_CONSUMED, PREDICTIONS, ESCALATIONS, EXPLANATIONS, FLIPS, NOT_EXPLAINED, PERSISTED, SIGNALS,
         DEAD_LETTERS, ERRORS, RETRIES, REDELIVERY_CONFLICTS,
         INFERENCE_SECONDS, BATCH_SIZE, LLM_SECONDS, DB_WRITE_SECONDS, END_TO_END_SECONDS,
@@ -174,7 +185,7 @@ _ALL = (POSTS_CONSUMED, PREDICTIONS, ESCALATIONS, EXPLANATIONS, FLIPS, NOT_EXPLA
         MEAN_CONFIDENCE, SIGNAL_ALERT, SIGNAL_SCORE, SIGNAL_OBSERVED, SIGNAL_BUCKET, SIGNAL_EXPECTED, FAULT_WAITING, BUDGET_TOKENS,
         HEAP_BYTES, SOURCE_EVENTS, SOURCE_POSTS, SOURCE_SENT, SOURCE_SEND_FAILURES, SOURCE_RECONNECTS,
         SOURCE_CONNECTED, SOURCE_STALLED, SOURCE_HEALTHY, SOURCE_LAG, SOURCE_POSITION, SOURCE_PENDING, ERASURES,
-        ERASED_POSTS, *SUPERVISOR_METRICS)
+        ERASED_POSTS, CONSOLE_REVIEWS, CONSOLE_SIGN_INS, CONSOLE_DENIED, CONSOLE_EXPORTED, *SUPERVISOR_METRICS)
 
 
 def _exposed_names(metric) -> set[str]:  # noqa: ANN001

@@ -21,7 +21,7 @@ done
 # A secret that is set but empty is a deployment mistake (an unset Compose variable, an empty
 # Kubernetes key), never a choice: an empty author key would fall back to a random per-container key
 # and give the same author a different pseudonym on every replica.
-for name in MONITOR_PRIVACY__AUTHOR_KEY MONITOR_DATABASE__PASSWORD MONITOR_KAFKA__SASL_PASSWORD \
+for name in MONITOR_PRIVACY__AUTHOR_KEY MONITOR_DATABASE__PASSWORD MONITOR_KAFKA__SASL_PASSWORD MONITOR_CONSOLE__SECRET_KEY \
             MONITOR_KAFKA__SSL_KEY_PASSWORD; do
   if env | grep -q "^$name="; then
     [ -n "$(printenv "$name")" ] || fail "$name is set but empty; check the secret it comes from"

@@ -17,7 +17,7 @@ say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
 
-# -- 1. Debian packages: Java and Maven for the Kafka broker, PostgreSQL, WordNet, Prometheus tools ---
+# -- 1. Debian packages: Java and Maven for the Kafka broker, PostgreSQL, WordNet, Prometheus tools, Chromium
 missing_packages() {
   need=()
   command -v java >/dev/null || need+=(openjdk-17-jre-headless)
@@ -29,6 +29,8 @@ missing_packages() {
   # check deploy/prometheus with them and start throw-away instances; their system services stay off.
   { command -v promtool && command -v prometheus; } >/dev/null || need+=(prometheus)
   { command -v amtool && command -v prometheus-alertmanager; } >/dev/null || need+=(prometheus-alertmanager)
+  # Chromium: the console's browser test drives it with Playwright (never `playwright install`).
+  [[ -x /usr/bin/chromium ]] || need+=(chromium)
 }
 missing_packages
 if ((${#need[@]})); then

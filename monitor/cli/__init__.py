@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from monitor.cli import config_cmd, db, models, privacy, services, signals, source
+from monitor.cli import config_cmd, console, db, models, privacy, reviews, services, signals, source
 from monitor.cli.classify import classify
 from monitor.cli.demo import demo
 from monitor.cli.evaluate import evaluate
@@ -49,6 +49,8 @@ app.add_typer(models.app, name="models")
 app.add_typer(signals.app, name="signals")
 app.add_typer(source.app, name="source")
 app.add_typer(privacy.app, name="privacy")
+app.add_typer(console.app, name="console")
+app.add_typer(reviews.app, name="reviews")
 
 
 def load_settings() -> Settings:

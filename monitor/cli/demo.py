@@ -1,10 +1,12 @@
 """``monitor demo``: services up, a small model trained on the shipped sample (cached), the sample
-streamed through every worker role, and a summary of what the monitor found."""
+streamed through every worker role, a summary of what the monitor found, and the analyst's console left
+running on it (with a ``demo`` reviewer when the database has no account yet)."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ from rich.table import Table
 
 from monitor.cli.context import settings_of
 from monitor.config import Settings
-from monitor.errors import MonitorError
+from monitor.errors import MonitorError, ServiceError
 from monitor.services import process
 
 if TYPE_CHECKING:
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 console = Console()
 SAMPLE = Path(__file__).resolve().parents[1] / "demo_data" / "druglib_sample.tsv"
 TASK = "druglib_adverse"
+DEMO_USER = "demo"
 
 
 def demo_model(settings: Settings, *, retrain: bool) -> Path:
@@ -81,7 +84,8 @@ def demo(
     from monitor.feed import posts_from_file, shift_times
     from monitor.services import local
     from monitor.storage import migrations
-    from monitor.storage.session import create_db_engine, display_url, make_sessionmaker
+    from monitor.signals.detect import run_detection
+    from monitor.storage.session import create_db_engine, display_url, make_sessionmaker, transaction
     from monitor.tasks import load_task
 
     settings = settings_of(ctx)
@@ -143,7 +147,41 @@ def demo(
     for text, predicted, verdict, suggested, final, evidence, rationale in _examples(factory, source):
         console.print(f"[dim]{text[:140]}...[/]\n  classifier [bold]{predicted}[/]; LLM {verdict} ({suggested}): "
                       f"\"{evidence[:100]}\" - {rationale}; final [bold]{final}[/]")
+    with transaction(factory) as session:  # the spikes in what was just stored, for the console's alert list
+        report = run_detection(session, settings.signals, now=datetime.now(UTC))
+    console.print(f"detection: {len(report.alerts)} alerting buckets, {report.inserted} new alerts "
+                  "(`monitor signals detect` runs it again)")
+    password = demo_reviewer(factory)
     factory.kw["bind"].dispose()
     where = display_url(database.url)
-    console.print(f"rows: {where} (posts with source {source}); worker log: {log_path}; "
-                  "spike alerts: `monitor signals`; stop the broker with `monitor services down`")
+    console.print(f"rows: {where} (posts with source {source}); worker log: {log_path}")
+    try:
+        with console.status("starting the console..."):
+            (outcome,) = local.up(settings, ["console"])
+        console.print(f"[green]console[/]: {outcome.message}")
+    except ServiceError as exc:  # what the demo stored stays; say why the console is not ours to show
+        console.print(f"[yellow]console[/]: not started: {exc}")
+    url = local.local_console(settings).url
+    if password is not None:
+        console.print(f"analyst's console: [bold]{url}[/]; sign in as [bold]{DEMO_USER}[/] with the password "
+                      f"[bold]{password}[/] (shown only now; change it with `monitor console add-user {DEMO_USER} "
+                      "--role reviewer --reset`)")
+    else:
+        console.print(f"analyst's console: [bold]{url}[/]; sign in with your account (new ones: "
+                      "`monitor console add-user NAME --role reviewer`)")
+    console.print("stop the console and the broker with `monitor services down` (docs/console.md)")
+
+
+def demo_reviewer(factory) -> str | None:  # noqa: ANN001 - a sessionmaker
+    """A ``demo`` reviewer with a random password when the database has no console account yet; the password,
+    or None when accounts exist (the demo never adds one beside someone's own, nor resets it)."""
+    from monitor.console.auth import hash_password
+    from monitor.storage.reviews import add_user, list_users
+    from monitor.storage.session import transaction
+
+    with transaction(factory) as session:
+        if list_users(session):
+            return None
+        password = secrets.token_urlsafe(12)  # 16 characters, 96 random bits
+        add_user(session, DEMO_USER, hash_password(password), "reviewer")
+    return password

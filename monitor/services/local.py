@@ -14,13 +14,17 @@ from monitor.kafka import broker
 from monitor.config import DatabaseSettings, Settings
 from monitor.errors import MonitorError
 from monitor.services import process
+from monitor.services.console import LocalConsole
 from monitor.services.kafka import LocalKafka
 from monitor.services.postgres import LocalPostgres
 from monitor.storage.session import create_db_engine, ping
 from monitor.kafka.topology import topic_specs
 
-Service = Literal["kafka", "postgres"]
+Service = Literal["kafka", "postgres", "console"]
+#: What ``monitor services up`` starts without an argument; the console only when asked (or by the demo).
 ALL: tuple[Service, ...] = ("kafka", "postgres")
+#: What ``down`` stops and ``status`` shows without an argument: the console too, once it has been started.
+EVERY: tuple[Service, ...] = ("console", "kafka", "postgres")
 
 
 @dataclass(frozen=True)
@@ -37,12 +41,22 @@ def local_postgres(settings: Settings) -> LocalPostgres:
     return LocalPostgres(settings.services, data_dir=settings.data_dir)
 
 
+def local_console(settings: Settings) -> LocalConsole:
+    return LocalConsole(settings.console, data_dir=settings.data_dir, database_url=settings.database.url)
+
+
 def _postgres_answers(settings: Settings) -> None:
     engine = create_db_engine(DatabaseSettings(url=settings.services.postgres_url.get_secret_value(), pool_size=1))
     try:
         ping(engine)
     finally:
         engine.dispose()
+
+
+def shown(settings: Settings) -> tuple[Service, ...]:
+    """What ``status`` reports without an argument: Kafka, PostgreSQL, and the console once it was started
+    (a console never started is no failure)."""
+    return (*ALL, "console") if local_console(settings).pid_file.exists() else ALL
 
 
 def _quick(settings: Settings):
@@ -54,6 +68,9 @@ def up(settings: Settings, services: Iterable[Service] = ALL) -> list[Outcome]:
     """Start what is managed and not running, wait until each answers, create the topics."""
     outcomes = []
     for service in services:
+        if service == "console":
+            outcomes.append(Outcome(service, local_console(settings).start()))
+            continue
         if service == "kafka":
             probe = lambda: broker.describe_cluster(_quick(settings))  # noqa: E731
             if settings.services.manage_kafka:
@@ -81,6 +98,9 @@ def down(settings: Settings, services: Iterable[Service] = ALL) -> list[Outcome]
     """Stop the services this project started; anything else is left alone."""
     outcomes = []
     for service in services:
+        if service == "console":
+            outcomes.append(Outcome(service, local_console(settings).stop()))
+            continue
         managed = settings.services.manage_kafka if service == "kafka" else settings.services.manage_postgres
         if not managed:
             outcomes.append(Outcome(service, "not managed here; left running"))
@@ -94,6 +114,10 @@ def status(settings: Settings, services: Iterable[Service] = ALL) -> list[tuple[
     """Each service's process state and whether it answers."""
     rows = []
     for service in services:
+        if service == "console":
+            target = local_console(settings)
+            rows.append((target.status(), "answers" if target.answers() else "does not answer"))
+            continue
         if service == "kafka":
             state = (local_kafka(settings).status() if settings.services.manage_kafka
                      else process.Status("kafka", False, None, f"external {settings.kafka.bootstrap_servers}"))

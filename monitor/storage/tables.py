@@ -1,4 +1,5 @@
-"""SQLAlchemy tables: posts, predictions, explanations, signals, replay runs, alerts and erasures.
+"""SQLAlchemy tables: posts, predictions, explanations, signals, replay runs, alerts, erasures, and the
+console's users, sessions and reviews.
 
 Every table that a stream writes has a natural unique key, so an at-least-once redelivery of the
 same record inserts nothing new (see ``repository``). The same schema runs on PostgreSQL and on
@@ -122,6 +123,9 @@ class Prediction(Base):
     __table_args__ = (
         UniqueConstraint("post_id", "task", "model_version", "run"),
         Index(None, "task", "run", "created_at"),
+        # The console's model health: per label and day, read from the index alone (storage/console.py).
+        Index("ix_predictions_health", "task", "run", "label", "created_at", "model_version", "confidence",
+              "escalated"),
         CheckConstraint("confidence >= 0 AND confidence <= 1", name="confidence_range"),
     )
 
@@ -150,6 +154,8 @@ class Explanation(Base):
 
     __table_args__ = (
         UniqueConstraint("post_id", "task", "model_version", "run", "llm_model", "prompt_version"),
+        # The console's flip and verdict rates per day, read from the index alone.
+        Index("ix_explanations_health", "task", "run", "created_at", "verdict", "predicted_label", "final_label"),
         CheckConstraint(_one_of("verdict", VERDICTS), name="verdict"),
     )
 
@@ -172,7 +178,11 @@ class Signal(Base):
 
     __table_args__ = (
         UniqueConstraint("post_id", "task", "model_version", "run"),
-        Index(None, "task", "run", "post_created_at"),
+        # Detection's series, and the console's per-bucket counts read from the index alone (confidence for
+        # the weighted series, model_version to see a model change inside a bucket).
+        Index(None, "task", "run", "post_created_at", "confidence", "model_version"),
+        # The console's signal list over every task: newest first, keyset-paginated on (time, id).
+        Index(None, "run", "post_created_at", "id"),
         CheckConstraint(_one_of("decided_by", DECIDERS), name="decided_by"),
         CheckConstraint("confidence >= 0 AND confidence <= 1", name="confidence_range"),
     )
@@ -262,4 +272,71 @@ class Erasure(Base):
         UniqueConstraint("source", "kind", "target"),
         CheckConstraint(_one_of("kind", ERASURE_KINDS), name="kind"),
         CheckConstraint(_one_of("origin", ERASURE_ORIGINS), name="origin"),
+    )
+
+
+CONSOLE_ROLES = ("viewer", "reviewer", "admin")
+REVIEW_KINDS = ("label", "alert")
+ALERT_DECISIONS = ("event", "false_alarm")
+
+
+class ConsoleUser(Base):
+    """Someone who may sign in to the analyst's console, with an argon2 hash of the password (never the password)."""
+
+    __tablename__ = "console_users"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16), comment="viewer (reads), reviewer (also reviews), admin (also users)")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (CheckConstraint(_one_of("role", CONSOLE_ROLES), name="role"),)
+
+
+class ConsoleSession(Base):
+    """A signed-in browser: the keyed hash of its cookie token (a leaked table gives no usable cookie)."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("console_users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index(None, "expires_at"),)
+
+
+class Review(Base):
+    """A reviewer's decision, appended and never updated: a post's label for a task (confirmed or
+    corrected), or whether an alert was a real event. The latest row of a post and task, or of an
+    alert, is the current one; the earlier rows are its history."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), comment="label: a post's label; alert: event or false alarm")
+    task: Mapped[str] = mapped_column(String(64))
+    # A post erased for privacy takes its reviews with it; an alert's reviews go with the alert.
+    post_id: Mapped[int | None] = mapped_column(ForeignKey("posts.id", ondelete="CASCADE"))
+    alert_id: Mapped[int | None] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"))
+    label: Mapped[str | None] = mapped_column(String(64), comment="the label the reviewer says is right")
+    shown_label: Mapped[str | None] = mapped_column(String(64), comment="the monitor's label when it was reviewed")
+    decision: Mapped[str | None] = mapped_column(String(16), comment="event or false_alarm")
+    note: Mapped[str | None] = mapped_column(Text)
+    reviewer: Mapped[str] = mapped_column(String(64), comment="username; kept if the account is later disabled")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        Index(None, "post_id", "task", "id"),
+        Index(None, "alert_id", "id"),
+        Index(None, "kind", "task", "id"),
+        CheckConstraint(_one_of("kind", REVIEW_KINDS), name="kind"),
+        CheckConstraint(
+            "(kind = 'label' AND post_id IS NOT NULL AND label IS NOT NULL AND alert_id IS NULL AND decision IS NULL)"
+            " OR (kind = 'alert' AND alert_id IS NOT NULL AND decision IN ('event', 'false_alarm')"
+            " AND post_id IS NULL AND label IS NULL)",
+            name="what"),
     )

@@ -69,3 +69,39 @@ def test_cli_migrates_the_embedded_sqlite_default(tmp_path: Path):
         assert done.returncode == 0, done.stderr
         assert expected in done.stdout, done.stdout
     assert (tmp_path / "monitor.db").exists()
+
+
+def test_services_up_console_serves_the_sign_in_page_and_down_stops_it(tmp_path: Path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from monitor.cli import app as cli_app
+    from monitor.services import process
+    from monitor.storage import migrations
+
+    port = process.free_port()
+    url = f"sqlite:///{tmp_path / 'console.db'}"
+    for name, value in (("MONITOR_DATA_DIR", str(tmp_path / "data")), ("MONITOR_DATABASE__URL", url),
+                        ("MONITOR_CONSOLE__PORT", str(port)), ("COLUMNS", "200")):
+        monkeypatch.setenv(name, value)
+    runner = CliRunner()
+    refused = runner.invoke(cli_app, ["services", "up", "console"])  # not migrated: it exits, saying why
+    assert refused.exit_code != 0 and "the console exited" in str(refused.output) + str(refused.exception)
+
+    migrations.upgrade(DatabaseSettings(url=url))
+    target = local.local_console(Settings(_env_file=None))
+    try:
+        up = runner.invoke(cli_app, ["services", "up", "console"])
+        assert up.exit_code == 0, up.output
+        assert f"console: started (pid {target.pid()}) at http://127.0.0.1:{port}/" in up.output
+        assert "already running" in runner.invoke(cli_app, ["services", "up", "console"]).output
+        status, body = process.http_get(f"http://127.0.0.1:{port}/login")
+        assert status == 200 and 'name="csrf_token"' in body and 'name="password"' in body
+        shown = runner.invoke(cli_app, ["services", "status", "console"])
+        assert shown.exit_code == 0 and "answers" in shown.output
+        pid = target.pid()
+        down = runner.invoke(cli_app, ["services", "down", "console"])
+        assert down.exit_code == 0 and f"console: stopped (pid {pid})" in down.output
+        assert target.pid() is None and process.http_get(f"http://127.0.0.1:{port}/livez") == (0, "")
+        assert runner.invoke(cli_app, ["services", "status", "console"]).exit_code == 1
+    finally:
+        local.down(Settings(_env_file=None), ["console"])

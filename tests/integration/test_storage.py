@@ -18,7 +18,8 @@ from monitor.storage.tables import Post as PostRow
 from monitor.storage.tables import Prediction as PredictionRow
 
 KEY = b"test-key"
-TABLES = {"posts", "predictions", "explanations", "signals", "replay_runs", "alerts", "erasures"}
+TABLES = {"posts", "predictions", "explanations", "signals", "replay_runs", "alerts", "erasures", "console_users",
+          "console_sessions", "reviews"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

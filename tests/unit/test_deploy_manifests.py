@@ -42,7 +42,7 @@ K8S_VERSIONS = ("1.30.0", "1.37.0")
 ROLES = ("classify", "explain", "persist")
 #: Values only the environment of `docker compose up` gives; the tests give harmless stand-ins.
 COMPOSE_ENV = {"MONITOR_CLASSIFIER__MODELS": '["/models/sad"]', "POSTGRES_PASSWORD": "x", "AUTHOR_KEY": "y",
-               "GRAFANA_ADMIN_PASSWORD": "z"}
+               "GRAFANA_ADMIN_PASSWORD": "z", "CONSOLE_SECRET_KEY": "w"}
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|AUTHOR_KEY|_KEY$", re.IGNORECASE)
 
 
@@ -145,7 +145,7 @@ def pod_specs(kustomization: Path) -> dict[str, dict]:
 
 def test_compose_file_is_valid_and_complete():
     services = compose("compose.yaml")["services"]
-    assert set(services) == {"kafka", "postgres", "migrate", *ROLES, "prometheus", "alertmanager", "grafana"}
+    assert set(services) == {"kafka", "postgres", "migrate", *ROLES, "console", "prometheus", "alertmanager", "grafana"}
     for name, service in services.items():
         assert service.get("restart") in ({"no"} if name == "migrate" else {"unless-stopped", "always"}), name
         if name != "migrate":
@@ -176,6 +176,25 @@ def test_compose_workers_are_locked_down_and_wait_for_the_migration():
         assert "9108/livez" in " ".join(services[role]["healthcheck"]["test"]), f"{role}: health check not on /livez"
         assert services[role]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert services["migrate"]["command"][-1] == "monitor services up kafka && monitor db upgrade"
+
+
+def test_compose_console_is_locked_down_published_on_loopback_and_keeps_its_key_in_a_secret():
+    console = compose("compose.yaml")["services"]["console"]
+    assert console["command"] == ["monitor", "console"]
+    assert console["user"] == "10001:10001" and console["read_only"] is True
+    assert console["cap_drop"] == ["ALL"] and "no-new-privileges:true" in console["security_opt"]
+    env = console["environment"]
+    assert_real_settings(env, "compose service console")
+    assert env["MONITOR_CONSOLE__HOST"] == "0.0.0.0"  # inside the container; published below on 127.0.0.1 only
+    assert [(p["host_ip"], p["published"], p["target"]) for p in console["ports"]] == [("127.0.0.1", "8080", 8080)]
+    assert env["MONITOR_CONSOLE__SECRET_KEY_FILE"] == "/run/secrets/console_secret_key"
+    assert not [k for k in env if SECRETISH.search(k) and not k.endswith("_FILE")]
+    assert "console_secret_key" in {s["source"] for s in console["secrets"]}
+    assert "8080/livez" in " ".join(console["healthcheck"]["test"])
+    assert console["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    prometheus = yaml.safe_load(compose("compose.yaml")["configs"]["prometheus-config"]["content"])
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    assert jobs["console"]["static_configs"][0]["targets"] == ["console:8080"]
 
 
 def test_compose_gpu_overlay_reserves_a_gpu_for_classify_only():
@@ -341,9 +360,9 @@ def test_classify_gets_a_gpu_in_the_base_and_none_in_cpu_only():
 def test_metrics_service_monitor_policy_and_budgets_select_the_workers():
     base = K8S / "base"
     deployments = objects(base, "Deployment")
-    (service,) = objects(base, "Service").values()
+    service = objects(base, "Service")["health-monitor-metrics"]
     (monitor,) = objects(base, "ServiceMonitor").values()
-    (policy,) = objects(base, "NetworkPolicy").values()
+    policy = objects(base, "NetworkPolicy")["health-monitor-ingress"]
     labels = [d["spec"]["template"]["metadata"]["labels"] for d in deployments.values()]
     assert all(service["spec"]["selector"].items() <= pod.items() for pod in labels)
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
@@ -355,6 +374,33 @@ def test_metrics_service_monitor_policy_and_budgets_select_the_workers():
     budgets = objects(base, "PodDisruptionBudget")
     for name, deployment in deployments.items():
         assert budgets[name]["spec"]["selector"] == deployment["spec"]["selector"]
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=lambda p: p.name)
+def test_the_console_runs_with_its_key_from_the_secret_behind_its_own_service_and_policy(kustomization):
+    spec = pod_specs(kustomization)["health-monitor-console"]
+    (container,) = spec["containers"]
+    assert container["args"] == ["monitor", "console"]
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/livez", "port": "http"}, probe
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MONITOR_CONSOLE__HOST"]["value"] == "0.0.0.0" and env["MONITOR_CONSOLE__SECURE_COOKIE"]["value"] == "true"
+    assert env["MONITOR_CONSOLE__SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "health-monitor",
+                                                                              "key": "console-secret-key"}
+    (secret,) = yaml.safe_load_all((K8S / "base" / "secret.example.yaml").read_text())
+    assert "console-secret-key" in secret["stringData"]
+    pod = objects(kustomization, "Deployment")["health-monitor-console"]["spec"]["template"]["metadata"]["labels"]
+    service = objects(kustomization, "Service")["health-monitor-console"]
+    assert service["spec"]["selector"].items() <= pod.items() and service["spec"]["ports"][0]["targetPort"] == "http"
+    policy = objects(kustomization, "NetworkPolicy")["health-monitor-console"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod.items()
+    assert policy["spec"]["ingress"][0]["ports"][0]["port"] == "http"
+    # No worker is selected by the console's service or policy.
+    for name, deployment in objects(kustomization, "Deployment").items():
+        if name != "health-monitor-console":
+            labels = deployment["spec"]["template"]["metadata"]["labels"]
+            assert not service["spec"]["selector"].items() <= labels.items(), name
 
 
 def test_autoscalers_follow_the_consumer_groups_and_stop_at_the_partitions():
@@ -380,7 +426,8 @@ def test_autoscalers_follow_the_consumer_groups_and_stop_at_the_partitions():
 
 def test_the_commands_the_manifests_run_exist():
     runner = CliRunner()
-    for command in (["worker", "--help"], ["services", "up", "--help"], ["db", "upgrade", "--help"]):
+    for command in (["worker", "--help"], ["services", "up", "--help"], ["db", "upgrade", "--help"],
+                    ["console", "--help"], ["console", "add-user", "--help"]):
         result = runner.invoke(cli_app, command)
         assert result.exit_code == 0, (command, result.output)
     (job,) = objects(K8S / "base", "Job").values()
