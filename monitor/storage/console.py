@@ -16,6 +16,7 @@ from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
 
+from monitor.storage.alerts import StoredAlert
 from monitor.storage.reviews import StoredReview, alert_decisions, label_reviews
 from monitor.storage.tables import LIVE_RUN, Alert, Explanation, Post, Prediction, Review, Signal
 
@@ -34,26 +35,11 @@ class AlertFilter:
     status: str | None = None
 
 
-@dataclass(frozen=True)
-class AlertView:
-    """An alert row with its current review."""
+@dataclass(frozen=True, kw_only=True)
+class AlertView(StoredAlert):
+    """An alert row with its id and current review."""
 
     id: int
-    task: str
-    granularity: str
-    stratum: str
-    series: str
-    method: str
-    bucket_start: datetime
-    bucket_end: datetime
-    observed: float
-    expected: float
-    sd: float
-    score: float
-    threshold: float
-    posts: int
-    top_posts: list[dict[str, Any]]
-    detected_at: datetime
     review: StoredReview | None = None
 
     @property
@@ -158,9 +144,7 @@ def _before(time_column: Any, id_column: Any, cursor: Cursor | None) -> list[Col
 # -- alerts --------------------------------------------------------------------------------------------
 
 def _alert_view(row: Alert, review: StoredReview | None) -> AlertView:
-    return AlertView(row.id, row.task, row.granularity, row.stratum, row.series, row.method, row.bucket_start,
-                     row.bucket_end, row.observed, row.expected, row.sd, row.score, row.threshold, row.posts,
-                     list(row.top_posts or []), row.detected_at, review)
+    return AlertView(**vars(StoredAlert.of(row)), id=row.id, review=review)
 
 
 def list_alerts(session: Session, filters: AlertFilter, *, limit: int, cursor: Cursor | None = None
