@@ -440,6 +440,12 @@ def test_in_chromium_sign_in_open_an_alert_confirm_a_post_and_export(served_cons
             post.get_by_role("button", name="Confirm severe_adr").click()
             page.wait_for_load_state()
             assert "rev1" in page.locator(f"#post-{ids['evidence_post']} .review-state").inner_text()
+            # From the alert list to the alert's posts and back: one click each way.
+            page.get_by_role("link", name="Alerts", exact=True).click()
+            page.wait_for_url(f"{url}/")
+            page.locator(f"a[href='/alerts/{ids['alert']}']").click()
+            page.wait_for_url(f"{url}/alerts/{ids['alert']}")
+            assert page.locator(f"#post-{ids['evidence_post']} mark.evidence").count() == 1
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000
