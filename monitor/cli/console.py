@@ -58,27 +58,21 @@ def add_user(
 ) -> None:
     """Create a console account (or with --reset, change one), storing an argon2 hash of the password."""
     from monitor.console.auth import check_username, hash_password
-    from monitor.storage.migrations import require_head
+    from monitor.runtime import open_database
     from monitor.storage.reviews import add_user as store_user
     from monitor.storage.reviews import find_user, update_user
-    from monitor.storage.session import create_db_engine, make_sessionmaker, transaction
+    from monitor.storage.session import transaction
 
     if role not in ROLES:
         raise ConfigError(f"unknown role {role!r}: use viewer, reviewer or admin")
     name = check_username(username)
     password_hash = hash_password(password)
-    settings = settings_of(ctx)
-    require_head(settings.database)
-    engine = create_db_engine(settings.database)
-    try:
-        with transaction(make_sessionmaker(engine)) as session:
-            existing = find_user(session, name)
-            if existing is not None and not reset:
-                raise ConfigError(f"user {name!r} exists; pass --reset to change its password and role")
-            if existing is None:
-                store_user(session, name, password_hash, role)
-            else:
-                update_user(session, name, password_hash=password_hash, role=role, active=True)
-    finally:
-        engine.dispose()
+    with transaction(open_database(settings_of(ctx), "require")) as session:
+        existing = find_user(session, name)
+        if existing is not None and not reset:
+            raise ConfigError(f"user {name!r} exists; pass --reset to change its password and role")
+        if existing is None:
+            store_user(session, name, password_hash, role)
+        else:
+            update_user(session, name, password_hash=password_hash, role=role, active=True)
     console.print(f"[green]{'updated' if existing else 'added'}[/] {name} ({role})")

@@ -26,21 +26,15 @@ def export(
     Train on it with `monitor train TASK FILE --out MODEL`, alone or appended to the task's own data."""
     from monitor.console.export import write_training_file
     from monitor.errors import DataError
-    from monitor.storage.migrations import require_head
+    from monitor.runtime import open_database
     from monitor.storage.reviews import reviewed_posts
-    from monitor.storage.session import create_db_engine, make_sessionmaker, transaction
+    from monitor.storage.session import transaction
     from monitor.tasks import load_task
     from monitor.telemetry import CONSOLE_EXPORTED
 
-    settings = settings_of(ctx)
     definition = load_task(task)
-    require_head(settings.database)
-    engine = create_db_engine(settings.database)
-    try:
-        with transaction(make_sessionmaker(engine)) as session:
-            written = write_training_file(definition, reviewed_posts(session, definition.name), out)
-    finally:
-        engine.dispose()
+    with transaction(open_database(settings_of(ctx), "require")) as session:
+        written = write_training_file(definition, reviewed_posts(session, definition.name), out)
     if not written:
         out.unlink(missing_ok=True)
         raise DataError(f"no reviewed posts for {definition.name} yet: review some in `monitor console` first")
