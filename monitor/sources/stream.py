@@ -19,7 +19,7 @@ import hashlib
 import logging
 import random
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -412,26 +412,19 @@ async def _write(streams: list[StreamState], queue: asyncio.Queue[tuple[StreamSt
         if final:
             batch = batch[:-1]
         events = [e for _, e in batch if e.kind in ("post", "erase", "bad")]
-        attempt, counts = 0, {}
+        attempt, counts = 0, Counter()
         while events:
             try:
-                for kind, n in (await asyncio.to_thread(sink.send, events)).items():
-                    counts[kind] = counts.get(kind, 0) + n
+                counts.update(await asyncio.to_thread(sink.send, events))
                 break
-            except PartlySent as exc:  # the broker has the first events: only the rest go again
-                for kind, n in exc.counts.items():
-                    counts[kind] = counts.get(kind, 0) + n
-                events = events[exc.done:]
-                telemetry.SOURCE_SEND_FAILURES.inc()
-                log.warning("broker: %s; retrying the %d events it did not take", exc, len(events))
-                await asyncio.sleep(backoff_delay(attempt, base_s=settings.backoff_base_s,
-                                                  cap_s=min(settings.backoff_cap_s, 30.0), rng=rng))
-                attempt += 1
             except BrokerError as exc:
+                if isinstance(exc, PartlySent):  # the broker has the first events: only the rest go again
+                    counts.update(exc.counts)
+                    events = events[exc.done:]
                 telemetry.SOURCE_SEND_FAILURES.inc()
                 if health is not None:
                     health.block("broker", str(exc)[:300])
-                log.warning("broker: %s; retrying the batch", exc)
+                log.warning("broker: %s; retrying the %d events it did not acknowledge", exc, len(events))
                 await asyncio.sleep(backoff_delay(attempt, base_s=settings.backoff_base_s,
                                                   cap_s=min(settings.backoff_cap_s, 30.0), rng=rng))
                 attempt += 1
