@@ -76,8 +76,8 @@ class LocalConsole:
         return f"started (pid {pid}) at {self.url}, log {self.log_file}"
 
     def stop(self) -> str:
-        pid = process.read_pid(self.pid_file)
-        if pid is None or not process.is_alive(pid, self.marker):
+        pid = self.pid()
+        if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return "not running"
         process.terminate(pid, self.marker, timeout_s=30)
