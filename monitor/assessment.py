@@ -1,7 +1,12 @@
 """``explain-eval``: does the explainer, under a policy, make a task's labels better or worse?
 
 Runs the classifier on a labeled split, escalates per policy, asks the explainer, and compares the
-task metric before and after applying the verdicts in ``correct`` mode. The grant is decided on the
+task metric before and after applying the verdicts in ``correct`` mode. First it asks whether the
+verdicts carry information at all: the AUROC of the LLM's P(confirm) for "the predicted label is
+right" over the escalated cases, the confirm rate on right and on wrong labels, and the verdict's
+F1 at a threshold fitted on validation. Below ``AUROC_FLOOR`` the (LLM, prompt version, policy) is
+recorded as uninformative: its rows and displays keep the rationale and show no verdict, and it
+never gets ``correct`` mode. The grant is decided on the
 model's validation split (the test split is reported beside it) and keyed by (LLM, prompt version,
 escalation policy): only a measurement that does not lower the metric, whose flips beat chance and
 whose verdicts attacks in the post move no more than benign edits do, lets that combination into
@@ -19,13 +24,73 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from monitor.evaluation import confusion_matrix, task_metric
+from monitor.evaluation import auroc, confusion_matrix, task_metric
 from monitor.inference import Classifier, Explainer
 from monitor.explainer.policy import Candidate, Policy, apply_verdict, select_for_explanation
 from monitor.records import Explanation
 from monitor.tasks import TaskDefinition
 
 POLICY_FILE = "explainer_policy.json"
+#: Verdicts whose P(confirm) ranks right labels above wrong ones less often than this are noise.
+AUROC_FLOOR = 0.6
+
+
+@dataclass(frozen=True)
+class VerdictQuality:
+    """How much the LLM's verdicts say about whether the classifier's label is right."""
+
+    cases: int  # escalated cases with a verdict
+    right: int  # of which the classifier's label was right
+    auroc: float | None  # of P(confirm) for "the label is right"; None without both right and wrong labels
+    threshold: float  # confirm when P(confirm) >= this (fitted on validation)
+    confirm_rate_right: float
+    confirm_rate_wrong: float
+    verdict_f1: float  # macro-F1 of confirm-on-right / reject-on-wrong at the threshold
+    informative: bool
+    why: str
+
+
+def _verdict_f1(confirm: Sequence[bool], right: Sequence[bool]) -> float:
+    f1s = []
+    for positive in (True, False):  # confirm on right labels, reject on wrong ones
+        tp = sum(c == positive and r == positive for c, r in zip(confirm, right, strict=True))
+        fp = sum(c == positive and r != positive for c, r in zip(confirm, right, strict=True))
+        fn = sum(c != positive and r == positive for c, r in zip(confirm, right, strict=True))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return sum(f1s) / 2
+
+
+def fit_verdict_threshold(scores: Sequence[float], right: Sequence[bool]) -> float:
+    """The P(confirm) threshold with the best verdict macro-F1 (the one nearest 0.5 among equals)."""
+    values = sorted(set(scores))
+    candidates = [0.5, *values, *((a + b) / 2 for a, b in zip(values, values[1:], strict=False))]
+    return max(candidates, key=lambda t: (round(_verdict_f1([s >= t for s in scores], right), 9), -abs(t - 0.5)))
+
+
+def verdict_quality(scores: Sequence[float], right: Sequence[bool], *, threshold: float | None = None,
+                    floor: float = AUROC_FLOOR) -> VerdictQuality:
+    """AUROC, confirm rates and verdict F1 of P(confirm) scores against whether each label was right;
+    the threshold is fitted here unless given (the test split takes validation's)."""
+    if threshold is None:
+        threshold = fit_verdict_threshold(scores, right) if scores else 0.5
+    confirm = [s >= threshold for s in scores]
+    n_right = sum(right)
+    n_wrong = len(right) - n_right
+    area = auroc(scores, right)
+    rate_right = sum(c for c, r in zip(confirm, right, strict=True) if r) / n_right if n_right else 0.0
+    rate_wrong = sum(c for c, r in zip(confirm, right, strict=True) if not r) / n_wrong if n_wrong else 0.0
+    if area is None:
+        informative, why = False, (f"cannot be measured: {n_right} right and {n_wrong} wrong labels among the "
+                                   f"escalated cases (both are needed)")
+    elif area < floor:
+        informative, why = False, (f"uninformative: AUROC {area:.3f} < {floor} (confirms {rate_right:.0%} of right "
+                                   f"and {rate_wrong:.0%} of wrong labels)")
+    else:
+        informative, why = True, (f"AUROC {area:.3f}: confirms {rate_right:.0%} of right and {rate_wrong:.0%} of "
+                                  f"wrong labels at P(confirm) >= {threshold:.3f}")
+    return VerdictQuality(cases=len(scores), right=n_right, auroc=area, threshold=float(threshold),
+                          confirm_rate_right=rate_right, confirm_rate_wrong=rate_wrong,
+                          verdict_f1=_verdict_f1(confirm, right), informative=informative, why=why)
 
 
 @dataclass
@@ -54,6 +119,8 @@ class Assessment:
     allowed_mode: str = "explain"
     why: str = ""
     split: str = ""
+    quality: VerdictQuality | None = None
+    unsupported: int = 0  # rationales that name a drug, symptom or number the post lacks
     examples: list[dict] = field(default_factory=list)
 
     @property
@@ -102,10 +169,15 @@ class Robustness:
 
 
 def decide_mode(before: float, after: float, verified_rejects: int, *, flips_right: int = 0, flips_wrong: int = 0,
-                robustness: Robustness | None = None, alpha: float = 0.05) -> tuple[str, str]:
-    """``correct`` only when the measurement shows the verdicts help: the task metric does not drop,
-    the flips are right more often than a coin toss would make them (one-sided sign test), and posts
-    that try to steer the explainer change its verdict no more often than benign edits do."""
+                robustness: Robustness | None = None, alpha: float = 0.05,
+                quality: VerdictQuality | None = None) -> tuple[str, str]:
+    """``correct`` only when the measurement shows the verdicts help: they carry information (AUROC
+    at least ``AUROC_FLOOR``), the task metric does not drop, the flips are right more often than a
+    coin toss would make them (one-sided sign test), and posts that try to steer the explainer change
+    its verdict no more often than benign edits do."""
+    if quality is not None and not quality.informative:
+        return "explain", f"the verdicts are {quality.why}" if quality.why.startswith("uninformative") \
+            else f"the verdicts' information {quality.why}"
     if verified_rejects == 0:
         return "explain", "no verified reject on this split: correct mode would change nothing it was measured on"
     if after < before:
@@ -135,8 +207,12 @@ def assess(
     *,
     robustness: Robustness | None = None,
     split: str = "",
+    verdict_threshold: float | None = None,
     on_explained: Callable[[int, int], None] | None = None,
+    check_rationale: Callable[[Explanation, str], Explanation] | None = None,
 ) -> Assessment:
+    """Explain the cases ``policy`` escalates and measure the verdicts. ``verdict_threshold`` (P(confirm)
+    to confirm) is fitted on these cases when None (validation), else used as given (test)."""
     probs = classifier.predict_proba(texts)
     labels = classifier.labels
     served = classifier.decide(probs)
@@ -149,27 +225,37 @@ def assess(
     results: dict[int, Explanation] = {}
     # As many at once as the explainer has contexts (ExplainerPool), so explanations/s is what a worker gets.
     started = time.perf_counter()
+    asked = 0.5 if verdict_threshold is None else verdict_threshold
     with ThreadPoolExecutor(max_workers=explainer.parallel, thread_name_prefix="assess") as pool:
-        futures = {pool.submit(explainer.explain, task, texts[i], predicted[i]): i for i in chosen}
+        futures = {pool.submit(explainer.explain, task, texts[i], predicted[i], threshold=asked): i for i in chosen}
         for n, future in enumerate(as_completed(futures), 1):
             results[futures[future]] = future.result()
             if on_explained:
                 on_explained(n, len(chosen))
     spent = time.perf_counter() - started if any(not e.cached for e in results.values()) else 0.0
+    if check_rationale is not None:
+        results = {i: check_rationale(e, texts[i]) for i, e in results.items()}
+    verified_rows = [i for i, e in results.items() if e.verdict in ("confirm", "reject")]
+    # A reply without scores (decoded unconstrained) ranks by its verdict alone.
+    scores = [results[i].confirm_score if results[i].confirm_score is not None
+              else float(results[i].verdict == "confirm") for i in verified_rows]
+    quality = verdict_quality(scores, [predicted[i] == gold[i] for i in verified_rows], threshold=verdict_threshold)
     final = list(predicted)
     flips_right = flips_wrong = 0
     for i, e in results.items():
-        final[i], _ = apply_verdict(predicted[i], e.verdict, e.suggested_label, "correct")
+        verdict, label = e.at_threshold(quality.threshold)
+        final[i], _ = apply_verdict(predicted[i], verdict, label, "correct")
         if final[i] != predicted[i]:
             flips_right += final[i] == gold[i]
             flips_wrong += predicted[i] == gold[i]
     verified = [e for e in results.values() if e.verdict in ("confirm", "reject")]
     uncached = [e for e in results.values() if not e.cached]
     before, after = _metric(task, gold, predicted), _metric(task, gold, final)
-    rejects = sum(e.verdict == "reject" for e in verified)
+    rejects = sum(e.at_threshold(quality.threshold)[0] == "reject" for e in verified)
     mode, why = decide_mode(before, after, rejects, flips_right=flips_right, flips_wrong=flips_wrong,
-                            robustness=robustness)
-    llm_right = [(e.suggested_label == gold[i]) for i, e in results.items() if e.verdict in ("confirm", "reject")]
+                            robustness=robustness, quality=quality)
+    llm_right = [(e.at_threshold(quality.threshold)[1] == gold[i]) for i, e in results.items()
+                 if e.verdict in ("confirm", "reject")]
     return Assessment(
         task=task.name, model_version=classifier.model_version, llm_model=explainer.model_name,
         prompt_version=next(iter(results.values())).prompt_version if results else "",
@@ -181,10 +267,12 @@ def assess(
         explanations_per_s=len(uncached) / spent if spent else 0.0,
         mean_latency_s=sum(e.latency_s for e in uncached) / len(uncached) if uncached else 0.0,
         cache_hits=explainer.cache_hits - hits_before,
-        allowed_mode=mode, why=why, split=split,
+        allowed_mode=mode, why=why, split=split, quality=quality,
+        unsupported=sum(bool(e.unsupported) for e in results.values()),
         examples=[{"text": texts[i][:300], "gold": gold[i], "predicted": predicted[i], "verdict": e.verdict,
-                   "suggested": e.suggested_label, "evidence": e.evidence, "rationale": e.rationale,
-                   "reason": e.reason} for i, e in list(results.items())[:20]],
+                   "confirm_score": e.confirm_score, "suggested": e.suggested_label, "evidence": e.evidence,
+                   "rationale": e.rationale, "unsupported": e.unsupported, "reason": e.reason}
+                  for i, e in list(results.items())[:20]],
     )
 
 
@@ -204,13 +292,31 @@ def write_policy(model_dir: Path, assessment: Assessment, policy: Policy, *, tes
         "split": assessment.split, "metric": assessment.metric_name, "before": assessment.metric_before,
         "after": assessment.metric_after, "posts": assessment.posts, "escalated": assessment.escalated,
         "policy": assessment.policy, "escalation_key": policy.escalation_key,
+        "verdicts": None if assessment.quality is None else asdict(assessment.quality),
         "robustness": asdict(robustness) if robustness is not None else None,
         "test": None if test is None else {"split": test.split, "before": test.metric_before,
                                            "after": test.metric_after, "posts": test.posts,
-                                           "flips_right": test.flips_right, "flips_wrong": test.flips_wrong},
+                                           "flips_right": test.flips_right, "flips_wrong": test.flips_wrong,
+                                           "verdicts": None if test.quality is None else asdict(test.quality)},
     }
     path.write_text(json.dumps(entries, indent=2) + "\n")
     return path
+
+
+def verdict_rule(model_dir: Path, llm_model: str, prompt_version: str, policy: Policy) -> tuple[bool, float, str]:
+    """(show verdicts, P(confirm) threshold, why) for this LLM, prompt and escalation policy: verdicts
+    are shown only where explain-eval measured them informative; until then the rationale stands alone."""
+    path = model_dir / POLICY_FILE
+    entry = json.loads(path.read_text()).get(grant_key(llm_model, prompt_version, policy)) if path.exists() else None
+    if entry is None:
+        return False, 0.5, (f"verdicts withheld: explain-eval has not measured {llm_model} with prompt {prompt_version} "
+                            f"under this escalation policy")
+    quality = entry.get("verdicts")
+    if not quality:
+        return False, 0.5, "verdicts withheld: measured before verdicts were scored; run explain-eval again"
+    if not quality["informative"]:
+        return False, quality["threshold"], f"verdicts withheld: {quality['why']}"
+    return True, quality["threshold"], quality["why"]
 
 
 def allowed_mode(model_dir: Path, llm_model: str, prompt_version: str, policy: Policy) -> tuple[str, str]:

@@ -21,6 +21,10 @@ class Case(BaseModel):
     post: Post
     prediction: Prediction
     escalation: str | None = None
+    #: Escalated cases: the line of the post (1-based, ``prompts.post_lines``) whose removal lowers
+    #: the predicted class's probability most, and each line's drop (``monitor.attribution``).
+    evidence_line: int | None = None
+    evidence_scores: tuple[float, ...] | None = None
     classified_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     received_at: datetime | None = Field(None, description="when the post arrived on the posts topic")
 

@@ -41,7 +41,7 @@ from monitor.cpu_tuning import (
 from monitor.encoding import encode, length_sorted_batches, normalise_text, precut
 from monitor.errors import ModelError
 from monitor.evaluation import confusion_matrix, task_metric
-from monitor.lexical import LexicalModel
+from monitor.lexical import LEXICAL_CHARS, LexicalModel
 from monitor.model_card import ModelCard, read_card
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,6 @@ TUNE_TOKENS = 64
 TUNE_ROUNDS = 2
 #: Batches tokenised per tokenizer call (see ``EncoderClassifier.logits``).
 CHUNK_BATCHES = 8
-#: A stack's lexical model reads at most this many characters of a post (its n-grams cost per character).
-LEXICAL_CHARS = 20_000
 
 
 def resolve_device(requested: str) -> str:
@@ -227,6 +225,9 @@ class EncoderClassifier:
     def __init__(self, model, tokenizer, card: ModelCard, *, device: str, batch_size: int,  # noqa: ANN001
                  overlap_tokenize: bool | None = None, weights: WeightDtype | None = None,
                  tuning: Tuning | None = None, lexical: LexicalModel | None = None):
+        if not card.uses_encoder:
+            raise ModelError(f"{card.model_version} serves its lexical model alone: load it with "
+                             f"monitor.lexical.LexicalClassifier (no encoder)")
         if card.stack is not None and lexical is None:
             raise ModelError(f"{card.model_version} is a stack: its lexical model is needed too")
         self.model = model
@@ -277,7 +278,7 @@ class EncoderClassifier:
         else:
             weights = "bfloat16" if settings.dtype == "auto" else settings.dtype
             model = with_weights(model, weights, device)
-        lexical = LexicalModel.load(folder) if card.stack is not None else None
+        lexical = LexicalModel.load(folder) if card.served == "stack" else None
         return cls(model, tokenizer, card, device=device, batch_size=settings.batch_size,
                    overlap_tokenize=settings.overlap_tokenize, weights=weights, tuning=tuning, lexical=lexical)
 

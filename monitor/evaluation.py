@@ -127,6 +127,27 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, *, b
     return float(ece)
 
 
+def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float | None:
+    """Area under the ROC curve: the chance a random positive scores above a random negative (ties
+    count half); None when either class is empty."""
+    scores = np.asarray(scores, dtype=np.float64)
+    positives = np.asarray(positives, dtype=bool)
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):  # average ranks over ties
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def top_label_ece(probabilities: np.ndarray, gold: np.ndarray) -> float:
     """ECE of the probabilities themselves: the arg-max's probability against whether the arg-max is ``gold``."""
     probabilities = np.asarray(probabilities, dtype=np.float64)

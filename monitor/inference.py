@@ -59,4 +59,8 @@ class Explainer(Protocol):
         """Prepare what every task's prompts share, so the first explanations are not slow."""
         ...
 
-    def explain(self, task: TaskDefinition, text: str, predicted_label: str) -> Explanation: ...
+    def explain(self, task: TaskDefinition, text: str, predicted_label: str, *, evidence_line: int | None = None,
+                threshold: float = 0.5) -> Explanation:
+        """A verdict on ``predicted_label``: confirm when P(confirm) >= ``threshold``; the reason is about
+        ``evidence_line`` (1-based, of ``prompts.post_lines``) when the classifier chose one."""
+        ...

@@ -1,6 +1,7 @@
 """A lexical model: TF-IDF word 1-2-grams and character 2-5-grams, multinomial logistic regression.
 
-The second member of a stacked model folder (``monitor.stacking``): cheap on a CPU (a sparse product
+A model folder's second member (``monitor.training.stacking``), stacked with the encoder or, where
+it won on validation, served alone by ``LexicalClassifier`` (no torch, no transformer in the process): cheap on a CPU (a sparse product
 per post), strong where a few words decide (a drug name, "side effect"), and wrong in different ways
 from a fine-tuned encoder, which is what makes stacking the two pay.
 
@@ -17,9 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from monitor.encoding import normalise_text
 from monitor.errors import ModelError
+from monitor.model_card import ModelCard, read_card
 
 LEXICAL_FILE = "lexical.npz"
+#: The lexical model reads at most this many characters of a post (its n-grams cost per character).
+LEXICAL_CHARS = 20_000
 #: (name, CountVectorizer options, most features kept): the two views of the text.
 VIEWS = (
     ("word", {"analyzer": "word", "ngram_range": (1, 2), "lowercase": True}, 100_000),
@@ -134,3 +139,51 @@ class LexicalModel:
                            coef=saved["coef"].astype(np.float64), intercept=saved["intercept"])
         except (OSError, KeyError, ValueError) as exc:
             raise ModelError(f"cannot read the lexical model {path}: {exc}") from exc
+
+
+class LexicalClassifier:
+    """A model folder that serves its lexical model alone (``card.served == "lexical"``): the card's
+    calibration and decision rule over the lexical model's log-probabilities. The same ``Classifier``
+    API as the encoder's, on the CPU, without importing torch."""
+
+    device = "cpu"
+    dtype = "float64"
+    tuning = None
+    calibration_note = ""
+
+    def __init__(self, card: ModelCard, lexical: LexicalModel):
+        if card.served != "lexical":
+            raise ModelError(f"{card.model_version} serves its {card.served}, not the lexical model alone")
+        if tuple(lexical.labels) != tuple(card.labels):
+            raise ModelError(f"{card.model_version}: the lexical model's labels {list(lexical.labels)} are not the "
+                             f"card's {card.labels}")
+        self.card = card
+        self.lexical = lexical
+        self.labels = tuple(card.labels)
+        self.calibration = card.calibration
+
+    @classmethod
+    def load(cls, folder: Path) -> LexicalClassifier:
+        return cls(read_card(folder), LexicalModel.load(folder))
+
+    @property
+    def model_version(self) -> str:
+        return self.card.model_version
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """The lexical model's log-probabilities (before the card's calibration), in the order of ``texts``."""
+        if not texts:
+            return np.zeros((0, len(self.labels)))
+        return self.lexical.log_proba([normalise_text(t)[:LEXICAL_CHARS] for t in texts])
+
+    def calibrate(self, logits: np.ndarray) -> np.ndarray:
+        return self.card.probabilities(logits)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        return self.calibrate(self.logits(texts))
+
+    def decide(self, probabilities: np.ndarray) -> np.ndarray:
+        return self.card.decide(probabilities)
+
+    def device_memory_bytes(self) -> int | None:
+        return None

@@ -9,6 +9,10 @@ A card keeps two things apart (format 2):
   log-biases tuned on validation for the task's metric (F1 of a minority class, say). The biases move
   the decision only; the probabilities stay calibrated.
 
+A folder may hold two members, the fine-tuned encoder and a lexical model (``monitor.lexical``), and
+``serves`` says which answers: the encoder, the lexical model alone (the encoder is then never
+loaded), or a stack of both (``stack``). ``monitor train`` picks it by the validation metric.
+
 Format 1 cards (older model folders) folded the biases into the logits before one temperature, so
 their probabilities carry the decision shift; they are still served as they were trained.
 """
@@ -117,6 +121,8 @@ class ModelCard(BaseModel):
         default_factory=dict, description="calibrations refitted for other serving dtypes (`monitor models calibrate`)")
     decision: DecisionRule | None = None
     stack: StackSpec | None = Field(None, description="set when the folder is an encoder + lexical stack")
+    serves: Literal["encoder", "lexical", "stack"] | None = Field(
+        None, description="which member answers (unset: the stack when there is one, else the encoder)")
     escalation_threshold: float = 0.0
     escalation_max_share: float = 0.1
     metrics: dict[str, Any] = Field(default_factory=dict)
@@ -141,7 +147,25 @@ class ModelCard(BaseModel):
             raise ValueError(f"stack coefficients must be {len(self.labels)} x {2 * len(self.labels)}")
         if self.decision is not None and self.decision.biases and len(self.decision.biases) != len(self.labels):
             raise ValueError(f"{len(self.decision.biases)} decision biases for {len(self.labels)} labels")
+        if (self.serves == "stack") != (self.stack is not None) and self.serves is not None:
+            raise ValueError("serves 'stack' and a stack specification go together")
+        if self.serves == "lexical" and self.calibration is None:
+            raise ValueError("a folder serving its lexical model needs that model's calibration (format 2)")
         return self
+
+    @property
+    def served(self) -> Literal["encoder", "lexical", "stack"]:
+        """The member that answers: ``serves``, or for cards written before it the stack when there is one."""
+        return self.serves or ("stack" if self.stack is not None else "encoder")
+
+    @property
+    def uses_encoder(self) -> bool:
+        """Whether serving needs the transformer (torch) at all."""
+        return self.served != "lexical"
+
+    @property
+    def uses_lexical(self) -> bool:
+        return self.served != "encoder"
 
     def calibration_for(self, dtype: str) -> Calibration | None:
         """The calibration fitted on logits of ``dtype``; None when there is none (or a format 1 card)."""

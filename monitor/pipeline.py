@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor import telemetry
+from monitor.attribution import occlusion
 from monitor.cases import Case, Decision
 from monitor.explainer.policy import Candidate, ExplanationBudget, Policy, apply_verdict, escalation_reason
 from monitor.explainer.prompts import prompt_version
+from monitor.explainer.support import check_rationale
 from monitor.inference import Classifier, Explainer
 from monitor.records import Explanation, Post, Prediction
 from monitor.runtime import Runtime, TaskModel
@@ -69,12 +71,19 @@ def classify_batch(posts: Sequence[Post], models: Sequence[TaskModel], classifie
         best = classifier.decide(probs)
         candidates = [Candidate(labels[i], float(probs[row, i])) for row, i in enumerate(best)]
         threshold = policy.threshold if policy.threshold is not None else classifier.card.escalation_threshold
+        # The post's own prediction decides, never its batch mates: a redelivered post gets the same
+        # decision whatever batch it lands in (the share of escalations is bounded by the threshold,
+        # chosen on validation, and the rate of explanations by the budget).
+        reasons = [escalation_reason(c, policy, threshold=threshold, signal_labels=model.task.signal_labels)
+                   for c in candidates]
+        # The evidence of an escalated case is chosen by the classifier that decided (occlusion, one
+        # batched pass over the escalated posts' lines), so it is faithful whatever the LLM is.
+        escalated = [row for row, reason in enumerate(reasons) if reason is not None]
+        attributions = dict(zip(escalated, occlusion(classifier, [texts[row] for row in escalated],
+                                                     [int(best[row]) for row in escalated]), strict=True))
         for row, post in enumerate(posts):
-            # The post's own prediction decides, never its batch mates: a redelivered post gets the
-            # same decision whatever batch it lands in (the share of escalations is bounded by the
-            # threshold, chosen on validation, and the rate of explanations by the budget).
-            reason = escalation_reason(candidates[row], policy, threshold=threshold,
-                                       signal_labels=model.task.signal_labels)
+            reason = reasons[row]
+            attribution = attributions.get(row)
             prediction = Prediction(
                 post_id=post.id, source=post.source, task=task,
                 model_version=classifier.model_version, label=candidates[row].label,
@@ -84,9 +93,28 @@ def classify_batch(posts: Sequence[Post], models: Sequence[TaskModel], classifie
             telemetry.PREDICTIONS.labels(task, prediction.label).inc()
             if reason is not None:
                 telemetry.ESCALATIONS.labels(task, reason).inc()
-            cases.append(Case(post=post, prediction=prediction, escalation=reason, received_at=arrived[row]))
+            cases.append(Case(post=post, prediction=prediction, escalation=reason, received_at=arrived[row],
+                              evidence_line=attribution.evidence_line if attribution else None,
+                              evidence_scores=attribution.scores if attribution else None))
         telemetry.record_gpu_memory(classifier.device, classifier.device_memory_bytes())
     return cases
+
+
+def checked(explanation: Explanation, text: str, task: TaskDefinition) -> Explanation:
+    """The explanation with the rationale's terms the post lacks (a drug, a symptom, a number) listed;
+    the task's own label and title words are never counted (they name the label, not the post)."""
+    if not explanation.rationale:
+        return explanation
+    allowed = [*task.labels, task.title]
+    check = check_rationale(explanation.rationale, text, allowed=allowed)
+    return explanation.model_copy(update={"unsupported": check.unsupported})
+
+
+def withheld(explanation: Explanation) -> Explanation:
+    """An answer whose verdicts were not measured informative: the rationale stays, the verdict goes."""
+    if explanation.verdict not in ("confirm", "reject"):
+        return explanation
+    return explanation.model_copy(update={"verdict": "withheld", "suggested_label": None})
 
 
 def decide_by_classifier(case: Case, task: TaskDefinition) -> Decision:
@@ -113,8 +141,14 @@ def explain_case(case: Case, model: TaskModel, explainer: Explainer, budget: Exp
         telemetry.NOT_EXPLAINED.labels(task, "backlog" if stale else "budget").inc()
     else:
         started = time.perf_counter()
-        explanation = explainer.explain(model.task, case.post.text, predicted)
+        explanation = explainer.explain(model.task, case.post.text, predicted, evidence_line=case.evidence_line,
+                                        threshold=model.verdict_threshold)
         telemetry.LLM_SECONDS.labels(task).observe(time.perf_counter() - started)
+        explanation = checked(explanation, case.post.text, model.task)
+        if explanation.unsupported:
+            telemetry.UNSUPPORTED.labels(task).inc()
+        if not model.verdicts_shown:
+            explanation = withheld(explanation)
     final, decided_by = apply_verdict(predicted, explanation.verdict, explanation.suggested_label, model.mode)
     telemetry.EXPLANATIONS.labels(task, explanation.verdict).inc()
     if final != predicted:
@@ -182,7 +216,10 @@ def persist(session: Session, cases: Sequence[Case], decisions: Sequence[Decisio
                              "predicted_label": stored[k].label, "verdict": e.verdict,
                              "suggested_label": e.suggested_label, "final_label": d.final_label,
                              "rationale": e.rationale, "evidence": e.evidence, "reason": e.reason,
-                             "latency_s": e.latency_s})
+                             "latency_s": e.latency_s, "evidence_line": e.evidence_line,
+                             "evidence_scores": list(d.case.evidence_scores) if d.case.evidence_scores else None,
+                             "label_scores": e.label_scores,
+                             "unsupported": list(e.unsupported) if e.unsupported is not None else None})
     rows["explanations"] = repository.upsert_explanations(session, explanations)
     finals = repository.final_labels(session, [k for k in stored if stored[k].escalated], run=run)
     claimed = {key(d.case): d.final_label for d in decisions if d.is_signal}  # tasks this worker has no model for

@@ -224,10 +224,17 @@ class Explanation(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    verdict: Literal["confirm", "reject", "unverified", "over_budget"]
+    #: ``withheld``: the LLM answered, but its verdicts were not measured informative for this task,
+    #: LLM, prompt and policy (``monitor explain-eval``): the rationale stands, the verdict is not shown.
+    verdict: Literal["confirm", "reject", "withheld", "unverified", "over_budget"]
     predicted_label: str
     suggested_label: str | None = None
     evidence: str | None = None
+    #: The evidence's line number among the post's numbered lines (``prompts.post_lines``).
+    evidence_line: int | None = None
+    #: The LLM's contextually calibrated probability of each label, read from its scores of the
+    #: reply's openings (confirm = the predicted label; None when the reply was decoded unconstrained).
+    label_scores: dict[str, float] | None = None
     rationale: str | None = None
     reason: str | None = None
     llm_model: str
@@ -235,6 +242,25 @@ class Explanation(BaseModel):
     latency_s: float = 0.0
     attempts: int = 0
     cached: bool = False
+    #: Terms of the rationale (a drug, a symptom, a number) that the post does not contain.
+    unsupported: tuple[str, ...] | None = None
+
+    @property
+    def confirm_score(self) -> float | None:
+        """P(the predicted label is right), from the scores; None without them."""
+        if self.label_scores is None:
+            return None
+        return self.label_scores.get(self.predicted_label)
+
+    def at_threshold(self, threshold: float) -> tuple[str, str | None]:
+        """(verdict, label it asserts) as the scores give it at ``threshold``: what the reply would have
+        said had it been asked with that threshold. Without scores, the reply's own verdict."""
+        if self.label_scores is None or self.verdict not in ("confirm", "reject"):
+            return self.verdict, self.suggested_label
+        if self.label_scores[self.predicted_label] >= threshold:
+            return "confirm", self.predicted_label
+        others = [(p, label) for label, p in self.label_scores.items() if label != self.predicted_label]
+        return "reject", max(others)[1]
 
 
 # ---------------------------------------------------------------- the wire format of a post

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from monitor.assessment import allowed_mode
-from monitor.config import ExplainerSettings, Settings
+from monitor.assessment import allowed_mode, verdict_rule
+from monitor.config import ClassifierSettings, ExplainerSettings, Settings
 from monitor.errors import ConfigError
 from monitor.explainer.policy import ExplanationBudget, Mode, Policy
 from monitor.explainer.prompts import prompt_version
@@ -50,6 +50,10 @@ class TaskModel:
     card: ModelCard
     mode: Mode = "explain"
     mode_why: str = "no explainer"
+    #: Whether the LLM's verdicts are shown (measured informative), and the P(confirm) threshold.
+    verdicts_shown: bool = False
+    verdict_threshold: float = 0.5
+    verdicts_why: str = "no explainer"
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -68,7 +72,12 @@ def read_task_models(folders: Sequence[Path], *, explainer: Explainer | None = N
         task = load_task(card.training.get("task_source", card.task))
         mode, why = ("explain", "no explainer") if explainer is None else allowed_mode(
             folder, explainer.model_name, prompt_version(task), policy)
-        models.append(TaskModel(Path(folder), task, card, mode, why))  # type: ignore[arg-type]
+        shown, threshold, verdicts_why = (False, 0.5, "no explainer") if explainer is None else verdict_rule(
+            folder, explainer.model_name, prompt_version(task), policy)
+        if mode == "correct" and not shown:  # a grant recorded before verdicts were measured for information
+            mode, why = "explain", verdicts_why
+        models.append(TaskModel(Path(folder), task, card, mode, why, shown, threshold,  # type: ignore[arg-type]
+                                verdicts_why))
     tasks = [m.task.name for m in models]
     if len(set(tasks)) != len(tasks):
         raise ConfigError(f"two configured models are for the same task: {tasks}")
@@ -140,9 +149,19 @@ class Runtime:
 
 def load_classifiers(models: Sequence[TaskModel], settings: Settings) -> dict[str, Classifier]:
     """Each model folder loaded for inference (the one place torch comes in at run time)."""
+    return {m.task.name: load_classifier(m.folder, settings.classifier, m.card) for m in models}
+
+
+def load_classifier(folder: Path, settings: ClassifierSettings, card: ModelCard | None = None) -> Classifier:
+    """A model folder loaded for inference: the encoder (alone or stacked) through torch, or a folder
+    that serves its lexical model alone without torch."""
+    if not (card or read_card(folder)).uses_encoder:
+        from monitor.lexical import LexicalClassifier
+
+        return LexicalClassifier.load(folder)
     from monitor.classifier import EncoderClassifier
 
-    return {m.task.name: EncoderClassifier.load(m.folder, settings.classifier) for m in models}
+    return EncoderClassifier.load(folder, settings)
 
 
 def load_explainer(settings: Settings, gguf: Path | None = None) -> Explainer:

@@ -51,8 +51,10 @@ PREDICTIONS = Counter("monitor_predictions_total", "Posts classified, by task an
 ESCALATIONS = Counter("monitor_escalations_total", "Predictions sent to the LLM explainer, by task and reason",
                       ["task", "reason"])
 EXPLANATIONS = Counter("monitor_explanations_total",
-                       "Explainer outcomes by task and verdict (confirm, reject, unverified, over_budget)",
+                       "Explainer outcomes by task and verdict (confirm, reject, withheld, unverified, over_budget)",
                        ["task", "verdict"])
+UNSUPPORTED = Counter("monitor_explanations_unsupported_total",
+                      "Rationales that name a drug, symptom or number the post does not contain, by task", ["task"])
 FLIPS = Counter("monitor_flips_total", "Labels changed by an explainer verdict, by task", ["task"])
 NOT_EXPLAINED = Counter("monitor_not_explained_total",
                         "Escalations kept with the classifier label because the explainer was over budget",
@@ -178,7 +180,7 @@ CONSOLE_DENIED = Counter("monitor_console_denied_total",
 CONSOLE_EXPORTED = Counter("monitor_console_reviews_exported_total",
                            "Reviewed posts written to a training file by `monitor reviews export`, by task", ["task"])
 
-_ALL = (POSTS_CONSUMED, PREDICTIONS, ESCALATIONS, EXPLANATIONS, FLIPS, NOT_EXPLAINED, PERSISTED, SIGNALS,
+_ALL = (POSTS_CONSUMED, PREDICTIONS, ESCALATIONS, EXPLANATIONS, UNSUPPORTED, FLIPS, NOT_EXPLAINED, PERSISTED, SIGNALS,
         DEAD_LETTERS, ERRORS, RETRIES, REDELIVERY_CONFLICTS,
         INFERENCE_SECONDS, BATCH_SIZE, LLM_SECONDS, DB_WRITE_SECONDS, END_TO_END_SECONDS,
         PIPELINE_SECONDS, CONSUMER_LAG, EXPLAINER_QUEUE, MODEL_INFO, GPU_MEMORY, LABEL_SHARE, LABEL_SHARE_EXPECTED,

@@ -51,8 +51,8 @@ def demo_model(settings: Settings, *, retrain: bool) -> Path:
                             epochs=2, batch_size=16, device=settings.classifier.device, seed=13)
     with training_progress() as progress:
         card = train_model(load_task(TASK), TASK, SAMPLE, folder, data_options=DataOptions(seed=13, train_subsample=700),
-                           balance_options=BalanceOptions(), finetune_config=config, synonyms=WordNetSynonyms(),
-                           progress=progress)
+                           balance_options=BalanceOptions(), finetune_config=config, serve="best",
+                           synonyms=WordNetSynonyms(), progress=progress)
     print_card_summary(card, folder)
     return folder
 
@@ -145,7 +145,8 @@ def demo(
         table.add_row(name, str(counts[name]))
     console.print(table)
     for text, predicted, verdict, suggested, final, evidence, rationale in _examples(factory, source):
-        console.print(f"[dim]{text[:140]}...[/]\n  classifier [bold]{predicted}[/]; LLM {verdict} ({suggested}): "
+        said = "LLM (no verdict: not measured informative)" if verdict == "withheld" else f"LLM {verdict} ({suggested})"
+        console.print(f"[dim]{text[:140]}...[/]\n  classifier [bold]{predicted}[/]; {said}: "
                       f"\"{evidence[:100]}\" - {rationale}; final [bold]{final}[/]")
     with transaction(factory) as session:  # the spikes in what was just stored, for the console's alert list
         report = run_detection(session, settings.signals, now=datetime.now(UTC))

@@ -72,13 +72,13 @@ def evaluate(
         console.print(f"written: {target}/ablation.md, ablation.json, ablation.png")
         return
 
-    from monitor.classifier import EncoderClassifier
     from monitor.evaluation import plot_confusion, plot_precision_recall, plot_reliability
     from monitor.model_card import read_card
     from monitor.models import file_sha256
     from monitor.tasks import load_task
     from monitor.model_card import softmax
     from monitor.corpus import load_examples
+    from monitor.runtime import load_classifier
     from monitor.training.recipe import model_split, report_for
 
     card = read_card(model)
@@ -94,7 +94,7 @@ def evaluate(
         if loaded.bad_rows:
             console.print(f"[yellow]skipped {len(loaded.bad_rows)} bad rows[/] (first: line "
                           f"{loaded.bad_rows[0].line}: {loaded.bad_rows[0].reason})")
-    classifier = EncoderClassifier.load(model, settings.classifier)
+    classifier = load_classifier(model, settings.classifier, card)
     with console.status(f"classifying {len(rows)} posts ({which})..."):
         logits = classifier.logits([e.text for e in rows])
     probs = classifier.calibrate(logits)

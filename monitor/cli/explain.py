@@ -35,8 +35,11 @@ def explain(
     gguf: Path | None = typer.Option(None, help="GGUF file (default: explainer.model_path or SmolLM2)"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a panel"),
 ) -> None:
-    """Classify one post and have the LLM confirm or reject the label, with a short reason."""
+    """Classify one post and have the LLM confirm or reject the label, with a short reason about the
+    line the classifier's decision rests on (the verdict is shown where explain-eval measured it informative)."""
+    from monitor.attribution import occlusion
     from monitor.explainer.policy import apply_verdict
+    from monitor.pipeline import checked, withheld
     from monitor.model_card import read_card
     from monitor.runtime import Runtime
     from monitor.tasks import load_task
@@ -53,15 +56,23 @@ def explain(
     probs = classifier.predict_proba([text])[0]
     best = int(classifier.decide(probs[None, :])[0])
     label, confidence = classifier.labels[best], float(probs[best])
-    result = explainer.explain(definition, text, label)
-    mode, why = runtime.models[card.task].mode, runtime.models[card.task].mode_why
+    served = runtime.models[card.task]
+    attribution = occlusion(classifier, [text], [best])[0]
+    result = checked(explainer.explain(definition, text, label, evidence_line=attribution.evidence_line,
+                                       threshold=served.verdict_threshold), text, definition)
+    if not served.verdicts_shown:
+        result = withheld(result)
+    mode, why = served.mode, served.mode_why
     final, decided_by = apply_verdict(label, result.verdict, result.suggested_label, mode)  # type: ignore[arg-type]
     payload = {
         "task": definition.name, "model_version": card.model_version, "label": label, "confidence": confidence,
         "probabilities": dict(zip(classifier.labels, map(float, probs), strict=True)),
         "escalation_threshold": card.escalation_threshold, "below_threshold": confidence < card.escalation_threshold,
-        "verdict": result.verdict, "suggested_label": result.suggested_label, "evidence": result.evidence,
-        "rationale": result.rationale, "reason": result.reason, "final_label": final, "decided_by": decided_by,
+        "verdict": result.verdict, "verdicts_why": served.verdicts_why, "confirm_score": result.confirm_score,
+        "suggested_label": result.suggested_label, "evidence": result.evidence, "evidence_line": result.evidence_line,
+        "evidence_scores": list(attribution.scores), "rationale": result.rationale,
+        "unsupported": list(result.unsupported or ()), "reason": result.reason, "final_label": final,
+        "decided_by": decided_by,
         "mode": mode, "mode_why": why, "llm_model": result.llm_model, "prompt_version": result.prompt_version,
         "latency_s": result.latency_s, "cached": result.cached,
     }
@@ -69,10 +80,15 @@ def explain(
         typer.echo(json.dumps(payload, ensure_ascii=False))
         return
     colour = {"confirm": "green", "reject": "yellow"}.get(result.verdict, "red")
+    verdict = (f"no verdict ({served.verdicts_why})" if result.verdict == "withheld" else
+               f"[{colour}]{result.verdict}[/]" + (f" -> {result.suggested_label}" if result.verdict == "reject" else "")
+               + (f" (P(confirm) {result.confirm_score:.2f})" if result.confirm_score is not None else ""))
+    unsupported = (f"\n[yellow]the reason names what the post does not say:[/] {', '.join(result.unsupported)}"
+                   if result.unsupported else "")
     body = (f"[bold]{label}[/] (confidence {confidence:.3f}, threshold {card.escalation_threshold:.3f})\n"
-            f"verdict: [{colour}]{result.verdict}[/]" + (f" -> {result.suggested_label}" if result.verdict == "reject" else "")
-            + (f"\nevidence: \"{result.evidence}\"\nreason: {result.rationale}" if result.evidence else
-               f"\nwhy unverified: {result.reason}")
+            f"verdict: {verdict}"
+            + (f"\nevidence (line {result.evidence_line}, chosen by the classifier): \"{result.evidence}\"\n"
+               f"reason: {result.rationale}{unsupported}" if result.evidence else f"\nwhy unverified: {result.reason}")
             + f"\nfinal label: [bold]{final}[/] (decided by {decided_by}; mode {mode}: {why})")
     console.print(Panel(body, title=f"{definition.name} · {card.model_version}", subtitle=result.llm_model))
 
@@ -102,6 +118,8 @@ def explain_eval(
     and recorded for (LLM, prompt version, escalation policy): `correct` mode only if the task metric
     does not drop, the flips beat chance, and attacks move verdicts no more than benign edits do."""
     from monitor.assessment import Robustness, assess, write_policy
+    from monitor.attribution import faithfulness
+    from monitor.pipeline import checked
     from monitor.explainer.adversarial import BASE_POSTS, run_suite
     from monitor.explainer.policy import Policy
     from monitor.model_card import read_card
@@ -134,14 +152,31 @@ def explain_eval(
         for split, (rows, which) in splits.items():
             rows = list(rows)[:limit] if limit else list(rows)
             job = progress.add_task(f"explaining ({split}: {which})", total=None)
+            # The test split is asked at the threshold fitted on validation (and measured with it).
+            fitted = reports["validation"].quality.threshold if split == "test" else None
             reports[split] = assess(classifier, explainer, task, [e.text for e in rows], [e.label for e in rows],
-                                    policy, robustness=robustness, split=which,
+                                    policy, robustness=robustness, split=which, verdict_threshold=fitted,
+                                    check_rationale=lambda e, text: checked(e, text, task),
                                     on_explained=lambda n, total, job=job: progress.update(job, completed=n,
                                                                                            total=total))
+        last_rows = list(splits[list(reports)[-1]][0])[:limit] if limit else list(splits[list(reports)[-1]][0])
+        job = progress.add_task("evidence faithfulness (occlusion)", total=None)
+        faithful = faithfulness(classifier, [e.text for e in last_rows], seed=13)
+        progress.update(job, completed=faithful.posts, total=faithful.posts)
     grant = reports["validation"]
     table = Table("measure", *(f"{r.split} ({r.posts} posts)" for r in reports.values()),
                   title=f"explain-eval: {task.name} · {explainer.model_name} · {policy.escalation_key}")
+    def quality(show):  # noqa: ANN001, ANN202
+        return lambda r: "-" if r.quality is None else show(r.quality)
+
     rows_shown = [
+        ("verdict AUROC of P(confirm) for a right label",
+         quality(lambda q: "-" if q.auroc is None else f"{q.auroc:.3f} ({q.right} right, {q.cases - q.right} wrong)")),
+        ("confirm rate on right / wrong labels",
+         quality(lambda q: f"{q.confirm_rate_right:.1%} / {q.confirm_rate_wrong:.1%}")),
+        ("verdict macro-F1 at P(confirm) threshold", quality(lambda q: f"{q.verdict_f1:.3f} at {q.threshold:.3f}")),
+        ("verdicts informative", quality(lambda q: "yes" if q.informative else "NO (withheld)")),
+        ("rationales naming what the post lacks", lambda r: f"{r.unsupported} of {r.verified + r.unverified}"),
         (f"{grant.metric_name} before -> after", lambda r: f"{r.metric_before:.4f} -> {r.metric_after:.4f}"),
         ("escalated", lambda r: f"{r.escalated} ({r.escalated / max(r.posts, 1):.1%})"),
         ("verified / unverified", lambda r: f"{r.verified} / {r.unverified} ({r.unverified_share:.1%} unverified)"),
@@ -158,11 +193,18 @@ def explain_eval(
     console.print(table)
     console.print(f"adversarial suite: attacks changed {robustness.attack_change_rate:.1%} of verdicts, benign edits "
                   f"{robustness.self_disagreement_rate:.1%} ({robustness.cases} cases, label {probe_label})")
+    console.print(f"evidence faithfulness ({faithful.posts} posts of 2+ lines, {list(reports)[-1]}): deleting the "
+                  f"chosen line drops P(predicted) by {faithful.mean_drop_chosen:.4f} on average, a random line by "
+                  f"{faithful.mean_drop_random:.4f}; the chosen line drops it more in "
+                  f"{faithful.chosen_beats_random:.1%} of posts")
+    if grant.quality is not None:
+        console.print(f"verdicts (decided on {grant.split}): {grant.quality.why}")
     console.print(f"allowed mode (decided on {grant.split}): [bold]{grant.allowed_mode}[/]: {grant.why}")
     if record:
         console.print(f"recorded in {write_policy(model, grant, policy, test=reports.get('test'), robustness=robustness)}")
     if out:
         out.write_text(json.dumps({"policy": policy.escalation_key, "robustness": robustness.__dict__,
+                                   "faithfulness": faithful.__dict__,
                                    **{split: r.as_dict() for split, r in reports.items()}}, indent=2) + "\n")
 
 

@@ -59,7 +59,8 @@ def _alerts_table(rows: list[DetectedAlert], title: str) -> Table:
 
 def _print_top_posts(top_posts: list[dict]) -> None:
     for p in top_posts:
-        explained = f" [{p['verdict']}] {p['rationale']}" if p.get("verdict") else ""
+        shown = "no verdict" if p.get("verdict") == "withheld" else p.get("verdict")
+        explained = f" [{shown}] {p['rationale']}" if p.get("verdict") else ""
         console.print(f"    #{p['post_id']} {p['confidence']:.2f} {p['text']!r}[dim]{explained}[/]", highlight=False,
                       markup=True, soft_wrap=True)
 

@@ -49,18 +49,23 @@ def print_card_summary(card: ModelCard, out: Path) -> None:
     table.add_row("escalation threshold", f"{card.escalation_threshold:.4f} "
                                           f"({val['escalated_share']:.1%} of validation escalated)")
     table.add_row("best epoch / seconds", f"{card.training['best_epoch']} / {card.training['seconds']:.0f}")
+    table.add_row("serves", card.served)
     table.add_row("model version", card.model_version)
     console.print(table)
     members = card.metrics.get("members") or {}
-    if len(members) > 1 or card.stack is not None:
-        compare = Table("test split", test["task_metric"]["name"], "macro-F1", "micro-F1", "ECE",
-                        title="what the folder holds, each with its own calibration and decision rule")
-        served = {"served (stack)" if card.stack is not None else "served": test}
-        for name, m in {**members, **served}.items():
-            compare.add_row(name, f"{m['task_metric']['value']:.4f}", f"{m['macro_f1']:.4f}", f"{m['micro_f1']:.4f}",
-                            f"{m['ece']:.4f}")
+    if len(members) > 1:
+        on_validation = val.get("members") or {}
+        name = test["task_metric"]["name"]
+        compare = Table("member", f"validation {name}", f"test {name}", "test macro-F1", "test micro-F1", "test ECE",
+                        title="what the folder holds, each with its own calibration and decision rule "
+                              "(the best on validation serves)")
+        for member, m in members.items():
+            label = f"{member} (served)" if member == card.served else member
+            chosen = f"{on_validation[member]:.4f}" if member in on_validation else "-"
+            compare.add_row(label, chosen, f"{m['task_metric']['value']:.4f}", f"{m['macro_f1']:.4f}",
+                            f"{m['micro_f1']:.4f}", f"{m['ece']:.4f}")
         console.print(compare)
-        if card.stack is None and card.data.get("stack", {}).get("skipped"):
+        if card.data.get("stack", {}).get("skipped"):
             console.print(f"[yellow]no stack:[/] {card.data['stack']['skipped']}")
     for label, scores in test["per_class"].items():
         console.print(f"  {label:>16}: P {scores['precision']:.3f}  R {scores['recall']:.3f}  "
@@ -89,15 +94,19 @@ def train(
     max_escalation_share: float = typer.Option(0.1, min=0.0, max=1.0, help="Share of posts the threshold may escalate"),
     skip_bad_rows: bool = typer.Option(False, help="Skip (and report) malformed rows instead of failing"),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N (default: classifier.device)"),
-    stack: bool = typer.Option(False, help="Also fit a TF-IDF word+char lexical model and stack it with the "
-                                           "encoder (a meta-model fitted on validation)"),
+    serve: str = typer.Option("best", help="What the folder serves: best (whichever of the three scores highest "
+                                           "on validation), encoder, lexical (a TF-IDF word+char model, no "
+                                           "torch at inference) or stack (both, combined by a meta-model)"),
 ) -> None:
-    """Fine-tune a classifier with ALEX balancing; calibrate it; write weights, tokenizer and model_card.json.
+    """Fine-tune a classifier with ALEX balancing, fit a word+char lexical model and a stack of the two,
+    calibrate each, and serve the best on validation; write weights, tokenizer and model_card.json.
 
-    The card compares, on the test split, every member the folder holds (the encoder; with --stack the
-    lexical model too) with what the folder serves."""
+    The card compares every member the folder holds on validation (which decided) and on the test split."""
     from monitor.models import default_encoder_path
     from monitor.tasks import load_task
+
+    if serve not in ("best", "encoder", "lexical", "stack"):
+        raise typer.BadParameter("choose best, encoder, lexical or stack", param_hint="--serve")
     from monitor.training.finetune import FineTuneConfig
     from monitor.training.recipe import BalanceOptions, DataOptions, train_model
     from monitor.training.wordnet import WordNetSynonyms
@@ -113,6 +122,6 @@ def train(
     data_options = DataOptions(seed=seed, train_subsample=train_subsample, skip_bad_rows=skip_bad_rows)
     with training_progress() as progress:
         card = train_model(definition, task, data, out, data_options=data_options, balance_options=balance,
-                           finetune_config=config, max_escalation_share=max_escalation_share, stack=stack,
+                           finetune_config=config, max_escalation_share=max_escalation_share, serve=serve,
                            synonyms=WordNetSynonyms() if augment else None, progress=progress)
     print_card_summary(card, out)

@@ -43,12 +43,14 @@ from monitor.explainer.prompts import (
     MAX_REASON_CHARS,
     REPLY_END,
     ReplyError,
-    build_grammar,
     build_messages,
     parse_reply,
+    post_lines,
     prompt_version,
+    rest_grammar,
     user_body,
     user_header,
+    verdict_options,
 )
 from monitor.records import Explanation
 from monitor.tasks import TaskDefinition
@@ -59,9 +61,15 @@ log = logging.getLogger(__name__)
 MAX_TOKENS = 48 + MAX_REASON_CHARS
 # Replies are about 25 tokens; below this much room a long post gets `unverified` instead of a cut reply.
 MIN_ROOM = 64
-#: KV states of prompt prefixes kept in memory (about 11 MB each for SmolLM2-135M's ~470 tokens).
-PREFIX_STATES = 8
+#: KV states of prompt prefixes kept in memory (about 11 MB each for SmolLM2-135M's ~470 tokens): one
+#: per (task, label) of the four shipped data tasks (12) with room to spare, so none is rebuilt (a
+#: rebuilt prefix may differ in the last digits, and with it the scores the verdict is read from).
+PREFIX_STATES = 16
 _RETRY_TEMPERATURE, _RETRY_TOP_K = 0.3, 40
+#: Posts with no content: the model's scores of the verdict options on these are its prior for a
+#: (task, predicted label), divided out of every post's scores (contextual calibration, Zhao et al.
+#: 2021, "Calibrate Before Use"). A model that rejects everything alike then has no say.
+CONTENT_FREE = ("N/A", "", "[removed]")
 _SENTINEL = "\x00POST\x00"
 _END_BYTES = tuple(end.encode() for end in REPLY_END)
 # For a GGUF without a chat template: ChatML, which most small instruct models use.
@@ -94,9 +102,13 @@ class ExplanationCache:
         self.misses = 0
 
     @staticmethod
-    def key(model: str, version: str, text: str, predicted_label: str) -> str:
+    def key(model: str, version: str, text: str, predicted_label: str, *, evidence_line: int | None = None,
+            threshold: float | None = None) -> str:
         post = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-        return hashlib.sha256(json.dumps([model, version, post, predicted_label]).encode()).hexdigest()
+        asked = [model, version, post, predicted_label]
+        if evidence_line is not None or threshold is not None:  # keys of explanations asked without them stay valid
+            asked += [evidence_line, None if threshold is None else round(threshold, 6)]
+        return hashlib.sha256(json.dumps(asked).encode()).hexdigest()
 
     def get(self, key: str) -> Explanation | None:
         with self._lock:
@@ -127,6 +139,33 @@ class Usage:
     completion_tokens: int = 0
     grammar_passes: int = 0  # tokens where the model's own choice broke the grammar
     prefix_restores: int = 0
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The verdict read from scores: P(confirm) after contextual calibration, and the label asserted."""
+
+    p_confirm: float
+    label: str
+    probabilities: dict[str, float]
+
+    def rounded(self) -> dict[str, float]:
+        return {label: round(p, 6) for label, p in self.probabilities.items()}
+
+    @classmethod
+    def of(cls, raw: dict[str, float], prior: dict[str, float], predicted_label: str, threshold: float) -> Scored:
+        """Each option's probability divided by its content-free prior, renormalised; confirm when the
+        predicted label's share reaches ``threshold``, else the best other label."""
+        labels = list(raw)
+        z = np.array([raw[label] - prior[label] for label in labels])
+        q = np.exp(z - z.max())
+        q /= q.sum()
+        probabilities = {label: float(q[i]) for i, label in enumerate(labels)}
+        p_confirm = probabilities[predicted_label]
+        if p_confirm >= threshold:
+            return cls(p_confirm, predicted_label, probabilities)
+        others = [(p, label) for label, p in probabilities.items() if label != predicted_label]
+        return cls(p_confirm, max(others)[1], probabilities)
 
 
 class LlamaExplainer:
@@ -162,6 +201,9 @@ class LlamaExplainer:
         )
         self._prefixes: dict[tuple[str, str], tuple[list[int], str]] = {}
         self._states: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        #: Contextual calibration: log-probabilities of each verdict option on content-free posts,
+        #: per (prompt version, predicted label).
+        self._priors: dict[tuple[str, str], dict[str, float]] = {}
 
     @classmethod
     def load(cls, model_path: Path, settings: ExplainerSettings, *,
@@ -230,9 +272,13 @@ class LlamaExplainer:
                 self._states.popitem(last=False)
 
     def _feed_prompt(self, key: tuple[str, str], n_prefix: int, tokens: list[int]) -> None:
-        """Evaluate only what the KV cache lacks: reuse the common prefix, else restore or build it."""
+        """Evaluate only what the KV cache lacks: reuse the common prefix, else restore or build it.
+
+        The post is always evaluated whole, from the end of the prefix, even when the cache holds more
+        of it: llama.cpp's logits differ in the last digits with how the tokens were split into
+        batches, and the verdict is read from them, so the same question always gets the same scores."""
         llm = self._llm
-        cached = np.asarray(llm.input_ids[: min(llm.n_tokens, len(tokens))])
+        cached = np.asarray(llm.input_ids[: min(llm.n_tokens, len(tokens), n_prefix)])
         differ = np.flatnonzero(cached != np.asarray(tokens[: len(cached)], dtype=cached.dtype))
         common = int(differ[0]) if differ.size else len(cached)
         if common < n_prefix and key in self._states:
@@ -246,6 +292,60 @@ class LlamaExplainer:
             self._keep_prefix(key)
             keep = n_prefix
         llm.eval(tokens[keep:])
+
+    # -- scoring the verdict options -------------------------------------------------------------
+
+    def _next_logprobs(self) -> np.ndarray:
+        pointer = self._lib.llama_get_logits_ith(self._llm.ctx, -1)
+        if not pointer:
+            raise RuntimeError("llama.cpp returned no logits")
+        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)).astype(np.float64)
+        top = logits.max()
+        return logits - (top + np.log(np.exp(logits - top).sum()))
+
+    def _score(self, options: dict[str, list[int]], base: int) -> dict[str, float]:
+        """Log-probability of each option's tokens from position ``base`` (where the KV cache ends and
+        the next token's logits are fresh), up to where the options part: one forward pass for the
+        first tokens, and one more token only where two options share their first tokens. The
+        position is left at ``base`` (the caller evaluates from there)."""
+        logp = self._next_logprobs()
+        groups: dict[int, dict[str, list[int]]] = {}
+        for name, tokens in options.items():
+            groups.setdefault(tokens[0], {})[name] = tokens[1:]
+        scores: dict[str, float] = {}
+        for token, rest in groups.items():
+            longer = {name: tokens for name, tokens in rest.items() if tokens}
+            for name in rest:
+                scores[name] = float(logp[token])
+            if len(longer) > 1:  # they part later: score what follows the shared token
+                self._llm.n_tokens = base
+                self._llm.eval([token])
+                for name, value in self._score(longer, base + 1).items():
+                    scores[name] += value
+        self._llm.n_tokens = base
+        return scores
+
+    def _option_tokens(self, task: TaskDefinition, predicted_label: str) -> dict[str, list[int]]:
+        return {label: self._llm.tokenize(opening.encode(), add_bos=False, special=False)
+                for label, opening in verdict_options(task, predicted_label).items()}
+
+    def _scores_of(self, task: TaskDefinition, text: str, predicted_label: str) -> tuple[dict[str, float], int]:
+        """Each label's verdict-option log-probability for ``text``, and where the prompt ends."""
+        n_prefix, tokens = self._prompt_tokens(task, text, predicted_label)
+        room = self._llm.n_ctx() - len(tokens)
+        if room < MIN_ROOM:
+            raise ValueError(f"a prompt of {len(tokens)} tokens leaves no room for the reply "
+                             f"in n_ctx={self._llm.n_ctx()}")
+        self._feed_prompt((prompt_version(task), predicted_label), n_prefix, tokens)
+        return self._score(self._option_tokens(task, predicted_label), len(tokens)), len(tokens)
+
+    def _prior(self, task: TaskDefinition, predicted_label: str) -> dict[str, float]:
+        """The mean log-probability of each verdict option over the content-free posts (computed once)."""
+        key = (prompt_version(task), predicted_label)
+        if key not in self._priors:
+            runs = [self._scores_of(task, text, predicted_label)[0] for text in CONTENT_FREE]
+            self._priors[key] = {label: float(np.mean([run[label] for run in runs])) for label in runs[0]}
+        return self._priors[key]
 
     # -- decoding ---------------------------------------------------------------------------------
 
@@ -323,6 +423,23 @@ class LlamaExplainer:
             self._feed_prompt((prompt_version(task), predicted_label), n_prefix, tokens)
             return self._decode(grammar_text, max_tokens=min(MAX_TOKENS, room), retry=retry)
 
+    def _generate_scored(self, task: TaskDefinition, text: str, predicted_label: str, *, evidence_line: int | None,
+                         threshold: float, retry: bool) -> tuple[str, Scored]:
+        """The verdict from the model's calibrated scores of the options, then only the reason decoded
+        (and the evidence line, when the classifier did not choose it)."""
+        with self._lock:
+            prior = self._prior(task, predicted_label)
+            raw, end = self._scores_of(task, text, predicted_label)
+            self.usage.calls += 1
+            scored = Scored.of(raw, prior, predicted_label, threshold)
+            opening = verdict_options(task, predicted_label)[scored.label]
+            forced = opening if evidence_line is None else f"{opening} {evidence_line}:"
+            self._llm.n_tokens = end
+            self._llm.eval(self._llm.tokenize(forced.encode(), add_bos=False, special=False))
+            room = self._llm.n_ctx() - self._llm.n_tokens
+            grammar = rest_grammar(text, with_line=evidence_line is None)
+            return forced + self._decode(grammar, max_tokens=min(MAX_TOKENS, room), retry=retry), scored
+
     def warm(self, tasks: Sequence[TaskDefinition]) -> int:
         """Evaluate and keep the prompt prefix of each (task, label) now, so that the first escalations of
         a fresh worker do not pay for it (about 2 s each for a ~550-token prefix on 2 cores); at most
@@ -336,31 +453,49 @@ class LlamaExplainer:
                         continue
                     n_prefix, tokens = self._prompt_tokens(task, ".", label)
                     self._feed_prompt(key, n_prefix, tokens[: n_prefix + 1])
+                    if self.settings.constrained:
+                        self._prior(task, label)
                     built += 1
         return built
 
-    def explain(self, task: TaskDefinition, text: str, predicted_label: str) -> Explanation:
+    def explain(self, task: TaskDefinition, text: str, predicted_label: str, *, evidence_line: int | None = None,
+                threshold: float = 0.5) -> Explanation:
         """A verdict on ``predicted_label`` for ``text``; ``unverified`` (with the reason) rather than an error."""
-        key = ExplanationCache.key(self.fingerprint, prompt_version(task), text, predicted_label)
+        key = ExplanationCache.key(self.fingerprint, prompt_version(task), text, predicted_label,
+                                   evidence_line=evidence_line, threshold=threshold)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return hit
-        result, transient = self.generate(task, text, predicted_label)
+        result, transient = self.generate(task, text, predicted_label, evidence_line=evidence_line,
+                                          threshold=threshold)
         if self.cache is not None and not transient:
             self.cache.put(key, result)
         return result
 
-    def generate(self, task: TaskDefinition, text: str, predicted_label: str) -> tuple[Explanation, bool]:
-        """The explanation, uncached, and whether its failure (if any) was transient (not to be cached)."""
+    def generate(self, task: TaskDefinition, text: str, predicted_label: str, *, evidence_line: int | None = None,
+                 threshold: float = 0.5) -> tuple[Explanation, bool]:
+        """The explanation, uncached, and whether its failure (if any) was transient (not to be cached).
+
+        Constrained (the default): the verdict, and the label a reject names, come from the model's
+        contextually calibrated scores of the reply's openings, confirm when P(confirm) >= ``threshold``
+        (fitted on validation by explain-eval); then only the reason is decoded, after the classifier's
+        ``evidence_line`` where one is given. Unconstrained: the whole reply is decoded, as asked in words."""
         if predicted_label not in task.labels:
             raise ValueError(f"{predicted_label!r} is not a label of task {task.name}")
         version = prompt_version(task)
-        grammar = build_grammar(task, text, predicted_label) if self.settings.constrained else None
+        if evidence_line is not None and not 1 <= evidence_line <= len(post_lines(text)):
+            log.warning("evidence line %s is not a line of the post; the LLM chooses one", evidence_line)
+            evidence_line = None
         started = time.perf_counter()
         reasons = []
         transient = False
         for attempt in (1, 2):
+            scored = None
             try:
-                reply = self._generate(task, text, predicted_label, grammar, retry=attempt > 1)
+                if self.settings.constrained:
+                    reply, scored = self._generate_scored(task, text, predicted_label, evidence_line=evidence_line,
+                                                          threshold=threshold, retry=attempt > 1)
+                else:
+                    reply = self._generate(task, text, predicted_label, None, retry=attempt > 1)
                 parsed = parse_reply(reply, task, text, predicted_label)
             except ReplyError as exc:
                 reasons.append(str(exc))
@@ -371,6 +506,8 @@ class LlamaExplainer:
                 continue
             return Explanation(verdict=parsed.verdict, predicted_label=predicted_label,
                                suggested_label=parsed.label, evidence=parsed.evidence, rationale=parsed.reason,
+                               evidence_line=parsed.line,
+                               label_scores=None if scored is None else scored.rounded(),
                                llm_model=self.model_name, prompt_version=version,
                                latency_s=time.perf_counter() - started, attempts=attempt), False
         result = Explanation(verdict="unverified", predicted_label=predicted_label, reason="; ".join(reasons)[:500],
@@ -427,18 +564,38 @@ class ExplainerPool:
                 setattr(total, name, getattr(total, name) + getattr(engine.usage, name))
         return total
 
+    def _generate_scored(self, task: TaskDefinition, text: str, predicted_label: str, *, evidence_line: int | None,
+                         threshold: float, retry: bool) -> tuple[str, Scored]:
+        """The verdict from the model's calibrated scores of the options, then only the reason decoded
+        (and the evidence line, when the classifier did not choose it)."""
+        with self._lock:
+            prior = self._prior(task, predicted_label)
+            raw, end = self._scores_of(task, text, predicted_label)
+            self.usage.calls += 1
+            scored = Scored.of(raw, prior, predicted_label, threshold)
+            opening = verdict_options(task, predicted_label)[scored.label]
+            forced = opening if evidence_line is None else f"{opening} {evidence_line}:"
+            self._llm.n_tokens = end
+            self._llm.eval(self._llm.tokenize(forced.encode(), add_bos=False, special=False))
+            room = self._llm.n_ctx() - self._llm.n_tokens
+            grammar = rest_grammar(text, with_line=evidence_line is None)
+            return forced + self._decode(grammar, max_tokens=min(MAX_TOKENS, room), retry=retry), scored
+
     def warm(self, tasks: Sequence[TaskDefinition]) -> int:
         """Every context builds its prompt prefixes (in parallel); returns how many were built in all."""
         with ThreadPoolExecutor(max_workers=len(self.engines), thread_name_prefix="llm-warm") as pool:
             return sum(pool.map(lambda engine: engine.warm(tasks), self.engines))
 
-    def explain(self, task: TaskDefinition, text: str, predicted_label: str) -> Explanation:
-        key = ExplanationCache.key(self.fingerprint, prompt_version(task), text, predicted_label)
+    def explain(self, task: TaskDefinition, text: str, predicted_label: str, *, evidence_line: int | None = None,
+                threshold: float = 0.5) -> Explanation:
+        key = ExplanationCache.key(self.fingerprint, prompt_version(task), text, predicted_label,
+                                   evidence_line=evidence_line, threshold=threshold)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return hit
         engine = self._free.get()  # blocks while every context is busy
         try:
-            result, transient = engine.generate(task, text, predicted_label)
+            result, transient = engine.generate(task, text, predicted_label, evidence_line=evidence_line,
+                                                threshold=threshold)
         finally:
             self._free.put(engine)
         if self.cache is not None and not transient:

@@ -136,6 +136,30 @@ def build_grammar(task: TaskDefinition, post: str, predicted_label: str) -> str:
     ])
 
 
+def verdict_options(task: TaskDefinition, predicted_label: str) -> dict[str, str]:
+    """The reply's possible openings, by the label each asserts: ``confirm`` asserts the predicted
+    label, ``reject`` (two labels) the other one, ``reject <label>`` (three or more) that label. Their
+    scores under the model are the verdict's and the corrected label's (``monitor.explainer.llm``)."""
+    options = {predicted_label: "confirm"}
+    for label in task.labels:
+        if label != predicted_label:
+            options[label] = f"reject {label}" if _names_label(task) else "reject"
+    return options
+
+
+def rest_grammar(post: str, *, with_line: bool) -> str:
+    """GBNF for the reply after its verdict (forced from the scores): ``" N: reason"`` with one of the
+    post's line numbers, or ``" reason"`` after a forced ``"... N:"`` when the evidence line was
+    chosen by the classifier."""
+    n_lines = len(post_lines(post))
+    root = 'root ::= " " line ": " reason' if with_line else 'root ::= " " reason'
+    rules = [root]
+    if with_line:
+        rules.append(f"line ::= {' | '.join(_gbnf_literal(str(i)) for i in range(1, n_lines + 1))}")
+    rules.append(f"reason ::= [^\\n .!?] [^\\n.!?]{{{MIN_REASON_CHARS - 2},{MAX_REASON_CHARS - 2}}} [.!?]")
+    return "\n".join(rules)
+
+
 def as_reason(text: str) -> str:
     """A worked example's rationale as the contract's reason: one sentence, at most MAX_REASON_CHARS.
     Every shipped rationale already is one and passes unchanged."""

@@ -148,6 +148,13 @@ class Explanation(Base):
     final_label: Mapped[str] = mapped_column(String(64))
     rationale: Mapped[str | None] = mapped_column(Text)
     evidence: Mapped[str | None] = mapped_column(Text, comment="a quote that occurs in the post")
+    evidence_line: Mapped[int | None] = mapped_column(Integer, comment="the evidence's line of the numbered post")
+    evidence_scores: Mapped[list[float] | None] = mapped_column(
+        Json, comment="per line, the drop of the predicted class's probability without it (occlusion)")
+    label_scores: Mapped[dict[str, float] | None] = mapped_column(
+        Json, comment="the LLM's calibrated probability of each label; the predicted one's is P(confirm)")
+    unsupported: Mapped[list[str] | None] = mapped_column(
+        Json, comment="rationale terms (drug, symptom, number) the post does not contain")
     reason: Mapped[str | None] = mapped_column(Text, comment="why the output is unverified or was not produced")
     latency_s: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

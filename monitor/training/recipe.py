@@ -119,6 +119,17 @@ def prepare(task: TaskDefinition, data_path: Path, options: DataOptions) -> Prep
     return PreparedData(splits, train, notes)
 
 
+Serve = Literal["best", "encoder", "lexical", "stack"]
+#: Cheapest first: on a tie of the validation metric the cheaper member serves.
+MEMBER_COST = ("lexical", "encoder", "stack")
+
+
+def choose_member(validation_scores: dict[str, float]) -> str:
+    """The member with the highest validation metric (each scored with its own calibration and
+    decision rule, the stack on out-of-fold rows); on a tie the cheapest to serve."""
+    return max(validation_scores, key=lambda name: (round(validation_scores[name], 9), -MEMBER_COST.index(name)))
+
+
 @dataclass(frozen=True)
 class Head:
     """How logits become served labels: a calibration, then a decision rule, both fitted on validation."""
@@ -228,14 +239,17 @@ def train_model(
     balance_options: BalanceOptions,
     finetune_config: FineTuneConfig,
     max_escalation_share: float = 0.1,
-    stack: bool = False,
+    serve: Serve = "encoder",
     synonyms: Any = None,
     progress: Any = None,
 ) -> ModelCard:
     """Train, calibrate, evaluate on the held-out split and write the model folder.
 
-    With ``stack`` the folder also holds a lexical model (``monitor.lexical``) and the card a stack
-    that combines it with the encoder; every member's test report is in ``metrics.members``."""
+    ``serve`` says what the folder serves: the fine-tuned encoder; the lexical model
+    (``monitor.lexical``) alone; a stack of both; or ``best``, whichever of the three scores highest
+    on the validation split (``choose_member``). Every option but ``encoder`` also fits the lexical
+    model and the stack, and the card keeps each member's validation metric and test report
+    (``metrics.members``), so the choice can be checked against held-out data."""
     started = time.monotonic()
     prepared = prepare(task, data_path, data_options)
     labels = list(task.labels)
@@ -261,9 +275,9 @@ def train_model(
     encoder_head = fit_head(task, result.val_logits, val_gold, tuned_for, dtype=result.logits_dtype,
                             seed=data_options.seed)
     members = {"encoder": encoder_head.report(task, encoder_test_logits, test_gold).as_dict()}
-    spec, stack_notes = None, {"requested": stack}
-    val_logits, test_logits, head = result.val_logits, encoder_test_logits, encoder_head
-    if stack:
+    candidates = {"encoder": (encoder_head, result.val_logits, encoder_test_logits)}
+    spec, stack_notes, lexical = None, {"requested": serve}, None
+    if serve != "encoder":
         from monitor.lexical import LexicalModel
         from monitor.training.stacking import fit_stack
 
@@ -275,16 +289,29 @@ def train_model(
         lexical_test = lexical.log_proba([e.text for e in test])
         lexical_head = fit_head(task, lexical_val, val_gold, tuned_for, dtype="float64", seed=data_options.seed)
         members["lexical"] = lexical_head.report(task, lexical_test, test_gold).as_dict()
+        candidates["lexical"] = (lexical_head, lexical_val, lexical_test)
+        stack_notes["lexical_features"] = {name: len(v) for name, v in lexical.vocabularies.items()}
         fitted = fit_stack(encoder_head.calibration, result.val_logits, lexical_val, val_gold, len(labels),
                            seed=data_options.seed)
         if fitted is None:
             stack_notes["skipped"] = "a class has fewer than 2 validation rows: too few to fit a stack on"
         else:
-            spec = fitted.spec
             # The stack's own head is fitted on out-of-fold stacked logits, never on rows its meta-model saw.
-            val_logits, test_logits = fitted.oof_logits, spec.combine(encoder_test_logits, lexical_test)
-            head = fit_head(task, val_logits, val_gold, tuned_for, dtype=result.logits_dtype, seed=data_options.seed)
-            stack_notes["lexical_features"] = {name: len(v) for name, v in lexical.vocabularies.items()}
+            stack_test = fitted.spec.combine(encoder_test_logits, lexical_test)
+            stack_head = fit_head(task, fitted.oof_logits, val_gold, tuned_for, dtype=result.logits_dtype,
+                                  seed=data_options.seed)
+            members["stack"] = stack_head.report(task, stack_test, test_gold).as_dict()
+            candidates["stack"] = (stack_head, fitted.oof_logits, stack_test)
+    validation_scores = {name: float(score(head.decision.apply(head.calibration.apply(logits)), val_gold))
+                         for name, (head, logits, _) in candidates.items()}
+    chosen = choose_member(validation_scores) if serve == "best" else serve
+    if chosen not in candidates:  # a stack asked for, but validation was too small to fit one
+        chosen = "encoder"
+    stack_notes["validation_scores"] = validation_scores
+    stack_notes["served"] = chosen
+    if chosen == "stack":
+        spec = fitted.spec
+    head, val_logits, test_logits = candidates[chosen]
     calibration, decision = head.calibration, head.decision
     val_probs = calibration.apply(val_logits)
     val_served = decision.apply(val_probs)
@@ -299,10 +326,10 @@ def train_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     result.model.to("cpu").save_pretrained(out_dir, safe_serialization=True)
     result.tokenizer.save_pretrained(out_dir)
-    if spec is not None:
+    if lexical is not None:
         lexical.save(out_dir)
     weights_hash = file_sha256(out_dir / "model.safetensors")
-    if spec is not None:  # a stack serves both members: its version names both files
+    if lexical is not None:  # the folder holds both members: its version names both files
         import hashlib
 
         weights_hash = hashlib.sha256((weights_hash + file_sha256(out_dir / "lexical.npz")).encode()).hexdigest()
@@ -332,10 +359,12 @@ def train_model(
         calibration=calibration,
         decision=decision,
         stack=spec,
+        serves=chosen,
         escalation_threshold=threshold,
         escalation_max_share=max_escalation_share,
         metrics={
             "validation": {"task_metric_at_best_epoch": result.best_score,
+                           "members": validation_scores,
                            "ece_before": top_label_ece(raw_val, val_gold),
                            "ece_after": top_label_ece(val_probs, val_gold),
                            "ece_served": expected_calibration_error(val_confidence, val_served == val_gold),

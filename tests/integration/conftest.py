@@ -106,7 +106,8 @@ def topic_name() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    """A real fine-tune of the shipped MiniLM on a small slice of rmhd27, on CPU (well under 3 minutes)."""
+    """A real fine-tune of the shipped MiniLM on a small slice of rmhd27, on CPU (well under 3 minutes),
+    served as a stack with the lexical model, so every pipeline test runs both members."""
     from monitor.models import default_encoder_path
     from monitor.tasks import load_task
     from monitor.training.finetune import FineTuneConfig
@@ -123,7 +124,7 @@ def tiny_model(tmp_path_factory) -> Path:
         balance_options=BalanceOptions(copies=1),
         finetune_config=FineTuneConfig(model_path=default_encoder_path(), max_length=64, epochs=1, batch_size=16,
                                        eval_batch_size=128, device="cpu", seed=7),
-        synonyms=WordNetSynonyms(),
+        serve="stack", synonyms=WordNetSynonyms(),
     )
     # Sized to train in about a minute on 2 idle cores; speed is for benchmarks, so only reported here.
     print(f"tiny model trained in {time.monotonic() - started:.0f}s")

@@ -160,3 +160,43 @@ def test_explain_adversarial_command_reports_the_change_rate_per_attack(tmp_path
     assert 0.0 <= report["change_rate"] <= 1.0
     assert report["benign"] == len(BENIGN_EDITS) and 0.0 <= report["self_disagreement_rate"] <= 1.0
     assert not (tmp_path / "explanations.sqlite").exists()  # the suite bypasses the cache
+
+
+def test_the_verdict_is_read_from_calibrated_scores_of_the_options(explainer: LlamaExplainer):
+    """P(confirm) and each label's share come from the model's scores of the reply's openings, after
+    dividing out its prior on content-free posts; the threshold alone turns them into a verdict."""
+    import math
+
+    from monitor.explainer.llm import CONTENT_FREE
+
+    post = BASE_POSTS[0]
+    for task in (ADR, SENTIMENT):
+        label = task.labels[0]
+        scored = explainer.explain(task, post, label, threshold=0.0)  # confirm whatever the scores
+        assert scored.verdict == "confirm" and scored.suggested_label == label
+        assert set(scored.label_scores) == set(task.labels)
+        assert abs(sum(scored.label_scores.values()) - 1.0) < 1e-4
+        strict = explainer.explain(task, post, label, threshold=1.01)  # reject whatever the scores
+        others = {k: v for k, v in strict.label_scores.items() if k != label}
+        assert strict.verdict == "reject" and strict.suggested_label == max(others, key=others.get)
+        assert strict.label_scores == scored.label_scores  # the scores do not depend on the threshold
+    # Contextual calibration: on the content-free posts themselves, the calibrated log-odds average to 0.
+    log_odds = []
+    for text in CONTENT_FREE:
+        p = explainer.explain(ADR, text, "severe_adr").confirm_score
+        log_odds.append(math.log(p / (1 - p)))
+    assert abs(sum(log_odds) / len(log_odds)) < 1e-3, log_odds
+
+
+def test_the_classifiers_evidence_line_is_kept_and_only_the_reason_is_written(explainer: LlamaExplainer):
+    from monitor.explainer.prompts import post_lines
+
+    post = "I started the new pills on Monday. By Wednesday I had a rash all over my arms. Otherwise fine."
+    lines = post_lines(post)
+    for line in range(1, len(lines) + 1):
+        result = explainer.explain(ADR, post, "severe_adr", evidence_line=line)
+        assert is_valid(result, ADR, post), result
+        assert result.evidence_line == line and result.evidence == lines[line - 1]
+    # A line the post does not have is not trusted: the model picks one of the post's own.
+    result = explainer.explain(ADR, post, "severe_adr", evidence_line=len(lines) + 5)
+    assert is_valid(result, ADR, post) and 1 <= result.evidence_line <= len(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,9 +25,13 @@ def trained(tiny_model: Path) -> Path:
 
 
 def test_model_folder_is_complete_and_described(trained: Path):
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "model_card.json"):
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "model_card.json", "lexical.npz"):
         assert (trained / name).exists(), name
     card = read_card(trained)
+    assert card.served == "stack" and card.stack is not None
+    # Every member is scored on validation (the choice of `--serve best`) and on the test split.
+    assert set(card.metrics["validation"]["members"]) == set(card.metrics["members"]) == {"encoder", "lexical", "stack"}
+    assert card.metrics["members"]["stack"] == card.metrics["test"]
     assert card.labels == list(load_task("rmhd27_social_anxiety").labels)
     assert card.format_version == 2 and card.calibration is not None and card.decision is not None
     assert card.calibration.dtype == "float32" and card.calibration.method in ("none", "temperature", "vector")
@@ -66,8 +71,11 @@ def test_loaded_model_predicts_calibrated_probabilities(trained: Path):
 
 def test_evaluate_command_writes_report_and_plots(trained: Path, tmp_path: Path):
     data = SHARED / "rmhd27" / "rmhd27_dev.csv"
+    # In the dtype training scored the test split in (fp32 on a CPU), the figures are the card's to the
+    # last digit (dtype=auto may serve bf16 on this CPU, whose logits differ in the last digits).
+    env = {**os.environ, "MONITOR_CLASSIFIER__DTYPE": "float32"}
     done = subprocess.run([sys.executable, "-m", "monitor.cli", "evaluate", str(trained), str(data), "--out",
-                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+                           str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["rows"] == "held-out test split"

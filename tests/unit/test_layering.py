@@ -58,3 +58,31 @@ def test_a_persist_runtime_never_imports_torch_or_the_llm(tmp_path):
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report == {"loaded": [], "signal_labels": {"druglib_adverse": ["severe_adr"]}, "classifiers": 0,
                       "factory": True}
+
+
+def test_a_classify_runtime_serving_a_lexical_model_never_imports_torch(tmp_path):
+    """A folder whose lexical model won on validation classifies without torch in the process."""
+    sys.path.insert(0, str(ROOT / "tests" / "unit"))
+    from test_lexical import _lexical_folder
+
+    model = _lexical_folder(tmp_path / "model")
+    script = textwrap.dedent(f"""
+        import json, sys
+        from pathlib import Path
+        from monitor.config import Settings
+        from monitor.explainer.policy import Policy
+        from monitor.pipeline import classify_batch
+        from monitor.records import Post
+        from monitor.runtime import Runtime
+        settings = Settings(data_dir=Path({str(tmp_path / 'data')!r}), classifier={{"models": [{str(model)!r}]}})
+        runtime = Runtime.build(settings, ["classify"])
+        posts = [Post(id=str(i), source="t", text=t, created_at="2026-01-01T00:00:00Z") for i, t in enumerate(["terrible rash", "works well"])]
+        cases = classify_batch(posts, runtime.task_models, runtime.classifiers, runtime.policy)
+        print(json.dumps({{"loaded": sorted(m for m in ("torch", "transformers", "llama_cpp") if m in sys.modules),
+                          "labels": [c.prediction.label for c in cases]}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"loaded": [], "labels": ["adr", "none"]}

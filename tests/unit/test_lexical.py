@@ -59,3 +59,56 @@ def test_too_little_text_and_a_broken_file_are_clear_errors(tmp_path):
     (tmp_path / "lexical.npz").write_bytes(b"not a zip")
     with pytest.raises(ModelError, match="cannot read the lexical model"):
         LexicalModel.load(tmp_path)
+
+
+def _lexical_folder(folder, *, serves: str = "lexical"):  # noqa: ANN001, ANN202
+    """A model folder that serves its lexical model alone: the lexical file and a card, no encoder weights."""
+    import json
+    from datetime import UTC, datetime
+
+    from monitor.model_card import CARD_FILE, Calibration, DecisionRule, ModelCard
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _fitted().save(folder)
+    card = ModelCard(format_version=2, model_version="adr-lexical", task="druglib_adverse", labels=["none", "adr"],
+                     signal_labels=["adr"], metric="f1_positive", positive_label="adr", base_model="none",
+                     max_length=64, calibration=Calibration(method="temperature", temperature=2.0, dtype="float64"),
+                     decision=DecisionRule(kind="log_bias", biases=[0.0, 0.5]), serves=serves,
+                     created_at=datetime.now(UTC))
+    (folder / CARD_FILE).write_text(json.dumps(card.model_dump(mode="json")))
+    return folder
+
+
+def test_a_folder_serving_its_lexical_model_predicts_without_an_encoder(tmp_path):
+    from monitor.config import ClassifierSettings
+    from monitor.lexical import LexicalClassifier
+    from monitor.model_card import softmax
+    from monitor.runtime import load_classifier
+
+    folder = _lexical_folder(tmp_path / "m")
+    classifier = load_classifier(folder, ClassifierSettings(device="cpu"))
+    assert isinstance(classifier, LexicalClassifier) and classifier.device == "cpu"
+    texts = ["terrible rash and nausea", "no problems, works well", "", "x" * 100_000]
+    probs = classifier.predict_proba(texts)
+    assert probs.shape == (4, 2) and np.allclose(probs.sum(axis=1), 1.0)
+    # The card's calibration over the lexical model's log-probabilities, then its decision rule.
+    expected = softmax(LexicalModel.load(folder).log_proba(texts[:2]), 2.0)
+    np.testing.assert_allclose(probs[:2], expected)
+    assert [classifier.labels[i] for i in classifier.decide(probs[:2])] == ["adr", "none"]
+    assert classifier.predict_proba([]).shape == (0, 2) and classifier.device_memory_bytes() is None
+
+
+def test_serving_a_member_the_folder_does_not_describe_is_refused(tmp_path):
+    from pydantic import ValidationError
+
+    from monitor.lexical import LexicalClassifier
+    from monitor.model_card import read_card
+
+    folder = _lexical_folder(tmp_path / "m")
+    card = read_card(folder)
+    with pytest.raises(ValidationError, match="stack"):  # a stack needs its specification
+        card.model_validate({**card.model_dump(), "serves": "stack"})
+    with pytest.raises(ModelError, match="serves its encoder"):
+        LexicalClassifier(card.model_copy(update={"serves": "encoder"}), LexicalModel.load(folder))
+    with pytest.raises(ModelError, match="labels"):
+        LexicalClassifier(card, LexicalModel.fit(POSITIVE * 3 + NEGATIVE * 3, ["a"] * 15 + ["b"] * 15, ["a", "b"]))

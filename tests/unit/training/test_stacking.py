@@ -42,3 +42,13 @@ def test_folds_follow_the_rarest_class():
     assert stack_folds(np.array([0] * 10)) == 0
     gold = np.array([0] * 40 + [1])
     assert fit_stack(Calibration(method="none"), np.zeros((41, 2)), np.zeros((41, 2)), gold, 2) is None
+
+
+def test_the_member_best_on_validation_serves_and_a_tie_goes_to_the_cheaper():
+    from monitor.training.recipe import choose_member
+
+    assert choose_member({"encoder": 0.61, "lexical": 0.58, "stack": 0.64}) == "stack"
+    assert choose_member({"encoder": 0.61, "lexical": 0.66, "stack": 0.64}) == "lexical"
+    assert choose_member({"encoder": 0.64, "lexical": 0.60, "stack": 0.64}) == "encoder"
+    assert choose_member({"encoder": 0.64, "lexical": 0.64, "stack": 0.64}) == "lexical"
+    assert choose_member({"encoder": 0.5}) == "encoder"
