@@ -308,6 +308,9 @@ class ExplainerSettings(_Section):
     n_parallel: int = Field(2, ge=1, le=64, description="llama.cpp contexts per worker, each explaining one post at a time")
     seed: int = Field(1234, description="Sampling seed (temperature is 0)")
     constrained: bool = Field(True, description="Constrain replies with the output grammar (off only to measure it)")
+    verdict_from: Literal["scores", "decoding"] = Field(
+        "scores", description="scores: the verdict from the LLM's calibrated scores of the reply's openings, then only "
+        "the reason decoded; decoding: the whole reply decoded greedily under the grammar (the earlier way, to compare)")
     cache: bool = Field(True, description="Cache explanations in MONITOR_DATA_DIR/explanations.sqlite")
     below_threshold: bool = Field(True, description="Escalate predictions whose calibrated confidence is below the threshold")
     confidence_threshold: float | None = Field(

@@ -1,4 +1,5 @@
-"""explanations: the evidence line and its occlusion scores, the LLM's label scores, unsupported terms
+"""explanations: the evidence line and its occlusion scores, the LLM's label scores, unsupported terms;
+the verdict 'withheld' (the LLM answered, its verdicts are not measured informative)
 
 Revision ID: 0006
 Revises: 0005
@@ -19,8 +20,14 @@ depends_on: str | Sequence[str] | None = None
 JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql')
 
 
+OLD_VERDICTS = "verdict IN ('confirm', 'reject', 'unverified', 'over_budget')"
+NEW_VERDICTS = "verdict IN ('confirm', 'reject', 'withheld', 'unverified', 'over_budget')"
+
+
 def upgrade() -> None:
     with op.batch_alter_table('explanations', schema=None) as batch_op:
+        batch_op.drop_constraint(op.f('ck_explanations_verdict'), type_='check')
+        batch_op.create_check_constraint(op.f('ck_explanations_verdict'), NEW_VERDICTS)
         batch_op.add_column(sa.Column('evidence_line', sa.Integer(), nullable=True,
                                       comment="the evidence's line of the numbered post"))
         batch_op.add_column(sa.Column('evidence_scores', JSON, nullable=True,
@@ -35,6 +42,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table('explanations', schema=None) as batch_op:
+        batch_op.drop_constraint(op.f('ck_explanations_verdict'), type_='check')
+        batch_op.create_check_constraint(op.f('ck_explanations_verdict'), OLD_VERDICTS)
         batch_op.drop_column('unsupported')
         batch_op.drop_column('label_scores')
         batch_op.drop_column('evidence_scores')

@@ -43,6 +43,7 @@ from monitor.explainer.prompts import (
     MAX_REASON_CHARS,
     REPLY_END,
     ReplyError,
+    build_grammar,
     build_messages,
     parse_reply,
     post_lines,
@@ -182,7 +183,10 @@ class LlamaExplainer:
         self.cache = cache
         self.model_path = model_path
         self.fingerprint = file_fingerprint(model_path)
-        self.model_name = f"{model_path.name}#{self.fingerprint[:8]}"
+        # Verdicts decoded greedily are another explainer than verdicts read from scores: their grants,
+        # measurements and cached replies are kept apart by name.
+        decoded = "" if settings.verdict_from == "scores" else "/decoded"
+        self.model_name = f"{model_path.name}#{self.fingerprint[:8]}{decoded}"
         self.usage = Usage()
         #: Apply the grammar to the whole vocabulary at every token, as llama.cpp's sampler does: slower,
         #: and at temperature 0 the same reply (the integration tests check that).
@@ -453,7 +457,7 @@ class LlamaExplainer:
                         continue
                     n_prefix, tokens = self._prompt_tokens(task, ".", label)
                     self._feed_prompt(key, n_prefix, tokens[: n_prefix + 1])
-                    if self.settings.constrained:
+                    if self.settings.constrained and self.settings.verdict_from == "scores":
                         self._prior(task, label)
                     built += 1
         return built
@@ -461,7 +465,7 @@ class LlamaExplainer:
     def explain(self, task: TaskDefinition, text: str, predicted_label: str, *, evidence_line: int | None = None,
                 threshold: float = 0.5) -> Explanation:
         """A verdict on ``predicted_label`` for ``text``; ``unverified`` (with the reason) rather than an error."""
-        key = ExplanationCache.key(self.fingerprint, prompt_version(task), text, predicted_label,
+        key = ExplanationCache.key(self.model_name, prompt_version(task), text, predicted_label,
                                    evidence_line=evidence_line, threshold=threshold)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return hit
@@ -491,11 +495,12 @@ class LlamaExplainer:
         for attempt in (1, 2):
             scored = None
             try:
-                if self.settings.constrained:
+                if self.settings.constrained and self.settings.verdict_from == "scores":
                     reply, scored = self._generate_scored(task, text, predicted_label, evidence_line=evidence_line,
                                                           threshold=threshold, retry=attempt > 1)
-                else:
-                    reply = self._generate(task, text, predicted_label, None, retry=attempt > 1)
+                else:  # the whole reply decoded: under the grammar, or (to measure it) free
+                    grammar = build_grammar(task, text, predicted_label) if self.settings.constrained else None
+                    reply = self._generate(task, text, predicted_label, grammar, retry=attempt > 1)
                 parsed = parse_reply(reply, task, text, predicted_label)
             except ReplyError as exc:
                 reasons.append(str(exc))
@@ -588,7 +593,7 @@ class ExplainerPool:
 
     def explain(self, task: TaskDefinition, text: str, predicted_label: str, *, evidence_line: int | None = None,
                 threshold: float = 0.5) -> Explanation:
-        key = ExplanationCache.key(self.fingerprint, prompt_version(task), text, predicted_label,
+        key = ExplanationCache.key(self.model_name, prompt_version(task), text, predicted_label,
                                    evidence_line=evidence_line, threshold=threshold)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return hit

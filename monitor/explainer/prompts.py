@@ -29,7 +29,7 @@ from typing import Literal
 from monitor.tasks import TaskDefinition
 
 #: Bump when the template, the grammar or the parser changes; stored with every explanation.
-FORMAT_VERSION = "f3"
+FORMAT_VERSION = "f4"  # f4: the verdict read from scores, the evidence line chosen by the classifier
 MAX_POST_CHARS = 4000
 #: Longest line of the numbered post, so the longest possible evidence.
 MAX_EVIDENCE_CHARS = 160

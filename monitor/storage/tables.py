@@ -33,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 #: The run name of the live pipeline; a replay stores its results under its own run name.
 LIVE_RUN = "live"
 
-VERDICTS = ("confirm", "reject", "unverified", "over_budget")
+VERDICTS = ("confirm", "reject", "withheld", "unverified", "over_budget")
 DECIDERS = ("classifier", "llm")
 RUN_STATUSES = ("running", "done", "failed")
 

@@ -14,11 +14,16 @@ two worked examples; only the reply format (and how it is asked for) differs:
                      grammar sampler
   compact_every      the same contract through LlamaExplainer.explain (prefix kept per (task, label),
                      one retry, strict parse) but with the grammar applied at every token
-  compact            LlamaExplainer.explain as the pipeline runs it: the grammar is consulted only
-                     when the model's own choice breaks it
+  compact_decoded    LlamaExplainer.explain with verdict_from=decoding (the earlier way): the whole
+                     reply decoded greedily, the grammar consulted only when the model's own choice
+                     breaks it
+  compact            LlamaExplainer.explain as the pipeline runs it: the verdict read from the calibrated
+                     scores of the reply's openings (one forward pass), then only the line and reason
+                     decoded
   compact_free       the one-line contract in words only (constrained=False), same code path
-  compact xN ctx     (after the table) ``compact`` through ExplainerPool: N one-thread llama.cpp
-                     contexts fed N posts at a time, as the explain worker runs it (--pool N)
+  decoded/compact xN (after the table) ``compact_decoded`` and ``compact`` through ExplainerPool: N
+                     one-thread llama.cpp contexts fed N posts at a time, as the explain worker runs
+                     it (--pool N), and the ratio of the two
 A reply is valid when it parses and obeys its contract (label tied to verdict, evidence from the post).
 
 One process and one model file; each contract has its own llama.cpp context, so each keeps its own
@@ -251,8 +256,9 @@ def main() -> None:
         return Llama(model_path=str(gguf), n_ctx=args.n_ctx, n_threads=args.threads, n_threads_batch=args.threads,
                      seed=1234, verbose=False)
 
-    def explainer(*, constrained: bool = True, every_token: bool = False) -> Explainer:
-        settings = ExplainerSettings(n_ctx=args.n_ctx, n_threads=args.threads, constrained=constrained)
+    def explainer(*, constrained: bool = True, every_token: bool = False, verdict_from: str = "scores") -> Explainer:
+        settings = ExplainerSettings(n_ctx=args.n_ctx, n_threads=args.threads, constrained=constrained,
+                                     verdict_from=verdict_from)
         loaded = LlamaExplainer.load(gguf, settings, cache=None)
         loaded.grammar_every_token = every_token
         return Explainer(loaded)
@@ -263,7 +269,8 @@ def main() -> None:
         "minimal_f1": Completion(context(), f1_messages, f1_grammar, f1_valid),
         "unconstrained_f1": Completion(context(), f1_messages, lambda task, post, label: None, f1_valid),
         "compact_sampler": Completion(context(), build_messages, build_grammar, compact_valid),
-        "compact_every": explainer(every_token=True),
+        "compact_every": explainer(every_token=True, verdict_from="decoding"),
+        "compact_decoded": explainer(verdict_from="decoding"),
         "compact": explainer(),
         "compact_free": explainer(constrained=False),
     }
@@ -313,20 +320,27 @@ def main() -> None:
 
         from monitor.explainer.llm import ExplainerPool
 
-        pool = ExplainerPool.load(gguf, ExplainerSettings(n_ctx=args.n_ctx, n_threads=1, n_parallel=args.pool),
-                                  cache=None)
-        pool.warm([task])
-        before = pool.usage
-        start = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=args.pool) as workers:
-            results = list(workers.map(lambda case: pool.explain(task, *case), cases))
-        total = time.perf_counter() - start
-        valid = sum(r.verdict != "unverified" and is_valid(r, task, post) for r, (post, _) in zip(results, cases))
-        generated = pool.usage.completion_tokens - before.completion_tokens
-        print(f"{f'compact x{args.pool} ctx':<19} {n / total:7.2f} {valid / n:6.0%} {generated / total:6.1f} "
-              f"{statistics.median(r.latency_s for r in results):6.2f} {'-':>8} "
-              f"{(pool.usage.prompt_tokens - before.prompt_tokens) / n:10.1f} {generated / n:8.1f} "
-              f"{n / total / base:7.2f}x")
+        rates = {}
+        for verdict_from in ("decoding", "scores"):
+            pool = ExplainerPool.load(gguf, ExplainerSettings(n_ctx=args.n_ctx, n_threads=1, n_parallel=args.pool,
+                                                              verdict_from=verdict_from), cache=None)
+            pool.warm([task])
+            before = pool.usage
+            start = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=args.pool) as workers:
+                results = list(workers.map(lambda case, pool=pool: pool.explain(task, *case), cases))
+            total = time.perf_counter() - start
+            valid = sum(r.verdict != "unverified" and is_valid(r, task, post) for r, (post, _) in zip(results, cases))
+            generated = pool.usage.completion_tokens - before.completion_tokens
+            rates[verdict_from] = n / total
+            name = f"{'compact' if verdict_from == 'scores' else 'decoded'} x{args.pool} ctx"
+            print(f"{name:<19} {n / total:7.2f} {valid / n:6.0%} {generated / total:6.1f} "
+                  f"{statistics.median(r.latency_s for r in results):6.2f} {'-':>8} "
+                  f"{(pool.usage.prompt_tokens - before.prompt_tokens) / n:10.1f} {generated / n:8.1f} "
+                  f"{n / total / base:7.2f}x")
+            del pool
+        print(f"verdicts from scores vs decoded, {args.pool} contexts: {rates['scores'] / rates['decoding']:.2f}x "
+              f"explanations/s")
 
 
 def _json_grammar(task: TaskDefinition) -> str:

@@ -84,6 +84,18 @@ def test_every_post_gets_one_row_per_table_and_a_rerun_adds_none(tiny_model, exp
     assert _count(factory, Prediction) == 120
     assert _count(factory, Explanation) == total_escalated > 0
     assert _count(factory, Signal) == total_signals
+    # Each stored explanation carries the classifier's evidence (occlusion scores, one per line, the
+    # line with the largest drop) and the LLM's label scores; no explain-eval measured this LLM, so
+    # its verdicts are withheld: the rationale stands, no verdict is stored.
+    with transaction(factory) as session:
+        rows = session.scalars(select(Explanation)).all()
+        for row in rows:
+            assert row.verdict in ("withheld", "unverified"), row.verdict
+            assert row.evidence_scores  # stored for every escalated case the classifier attributed
+            if row.verdict == "withheld":
+                assert row.evidence_line == 1 + max(range(len(row.evidence_scores)), key=row.evidence_scores.__getitem__)
+                assert abs(sum(row.label_scores.values()) - 1) < 1e-4 and row.rationale
+                assert row.unsupported is not None and row.suggested_label is None
 
     # At-least-once redelivery of the same batches (the explainer answers from its cache): nothing new.
     for start in range(0, len(posts), 40):

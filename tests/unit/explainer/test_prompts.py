@@ -163,3 +163,25 @@ def test_prompt_version_changes_when_rules_or_format_change():
 def test_long_posts_are_cut_in_the_middle_not_dropped():
     text = sanitise_post("start " + "x " * 5000 + " end")
     assert len(text) <= MAX_POST_CHARS + 7 and text.startswith("start") and text.endswith("end")
+
+
+def test_the_verdict_options_name_the_label_each_asserts():
+    from monitor.explainer.prompts import verdict_options
+
+    adverse, sentiment = load_task("druglib_adverse"), load_task("druglib_sentiment")
+    assert verdict_options(adverse, "severe_adr") == {"severe_adr": "confirm", "no_severe_adr": "reject"}
+    assert verdict_options(sentiment, "neutral") == {"neutral": "confirm", "negative": "reject negative",
+                                                     "positive": "reject positive"}
+
+
+def test_the_rest_of_a_scored_reply_is_only_the_line_and_reason_or_only_the_reason():
+    from monitor.explainer.prompts import rest_grammar
+
+    post = "First line. Second line. Third."
+    with_line = rest_grammar(post, with_line=True)
+    assert with_line.startswith('root ::= " " line ": " reason') and 'line ::= "1" | "2" | "3"' in with_line
+    reason_only = rest_grammar(post, with_line=False)
+    assert reason_only.startswith('root ::= " " reason') and "line ::=" not in reason_only
+    # Every reply these allow, after its forced opening, is one the strict parser accepts.
+    task = load_task("druglib_adverse")
+    assert parse_reply("confirm 2: The second line names a reaction.", task, post, "severe_adr").line == 2
