@@ -236,10 +236,12 @@ def assess(
     if check_rationale is not None:
         results = {i: check_rationale(e, texts[i]) for i, e in results.items()}
     verified_rows = [i for i, e in results.items() if e.verdict in ("confirm", "reject")]
-    # A reply without scores (decoded unconstrained) ranks by its verdict alone.
-    scores = [results[i].confirm_score if results[i].confirm_score is not None
-              else float(results[i].verdict == "confirm") for i in verified_rows]
-    quality = verdict_quality(scores, [predicted[i] == gold[i] for i in verified_rows], threshold=verdict_threshold)
+    # A reply without scores (its verdict decoded) ranks by its verdict alone, and its verdict is fixed:
+    # no threshold to fit, confirm is 1 and reject 0.
+    scored = all(results[i].confirm_score is not None for i in verified_rows)
+    scores = [results[i].confirm_score if scored else float(results[i].verdict == "confirm") for i in verified_rows]
+    quality = verdict_quality(scores, [predicted[i] == gold[i] for i in verified_rows],
+                              threshold=verdict_threshold if scored else 0.5)
     final = list(predicted)
     flips_right = flips_wrong = 0
     for i, e in results.items():

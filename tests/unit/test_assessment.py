@@ -94,6 +94,10 @@ def test_an_explainer_that_always_says_the_same_word_is_uninformative(word):
     q = report.quality
     assert q.right not in (0, q.cases)  # both right and wrong labels were asked about
     assert q.auroc == 0.5 and not q.informative and "uninformative" in q.why
+    # A decoded verdict has no threshold to fit: the rates are the replies' own.
+    expected = 1.0 if word == "confirm" else 0.0
+    assert q.threshold == 0.5 and q.confirm_rate_right == q.confirm_rate_wrong == expected
+    assert report.agreement_rate == expected
     assert report.allowed_mode == "explain" and "uninformative" in report.why
 
 
