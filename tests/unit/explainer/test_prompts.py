@@ -185,3 +185,22 @@ def test_the_rest_of_a_scored_reply_is_only_the_line_and_reason_or_only_the_reas
     # Every reply these allow, after its forced opening, is one the strict parser accepts.
     task = load_task("druglib_adverse")
     assert parse_reply("confirm 2: The second line names a reaction.", task, post, "severe_adr").line == 2
+
+
+def test_scores_divided_by_their_content_free_prior_decide_the_verdict():
+    import math
+
+    from monitor.explainer.llm import Scored
+
+    # The model prefers "reject" everywhere (its prior): only a post that raises confirm above that prior confirms.
+    prior = {"yes": math.log(0.1), "no": math.log(0.9)}
+    same_as_prior = Scored.of({"yes": math.log(0.1), "no": math.log(0.9)}, prior, "yes", 0.5)
+    assert abs(same_as_prior.p_confirm - 0.5) < 1e-9
+    raised = Scored.of({"yes": math.log(0.3), "no": math.log(0.7)}, prior, "yes", 0.5)
+    assert raised.label == "yes" and raised.p_confirm > 0.7  # 0.3/0.1 against 0.7/0.9
+    lowered = Scored.of({"yes": math.log(0.05), "no": math.log(0.95)}, prior, "yes", 0.5)
+    assert lowered.label == "no" and lowered.p_confirm < 0.5
+    assert Scored.of({"yes": math.log(0.05), "no": math.log(0.95)}, prior, "yes", 0.2).label == "yes"
+    # Three labels: a reject names the other label with the larger calibrated share.
+    three = Scored.of({"a": -3.0, "b": -1.0, "c": -0.5}, {"a": -1.0, "b": -2.0, "c": -0.2}, "a", 0.5)
+    assert three.label == "b" and abs(sum(three.probabilities.values()) - 1) < 1e-9
