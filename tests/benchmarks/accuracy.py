@@ -55,6 +55,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--reuse", action="store_true",
                         help="take a task's finished ablation.json from --out instead of training it again "
                              "(the same options are assumed: a run that was cut off goes on at the next task)")
+    parser.add_argument("--note", default="", help="a line added to the sections written now (e.g. how busy the "
+                                                    "machine was)")
     parser.add_argument("--keep-others", action=argparse.BooleanOptionalAction, default=True,
                         help="keep the sections of tasks not run now from the existing document")
     return parser.parse_args()
@@ -138,7 +140,8 @@ def main() -> int:
             finished = plots_dir / name / "ablation.json"  # the rows this document was written from
         if args.reuse and finished.exists():  # a run cut off resumes at the next task
             rows = json.loads(finished.read_text())["rows"]
-            minutes = sum(r["seconds"] for r in rows if r["variant"] != STACKED) / 60
+            # One training gives the full recipe's row, the stack's and the default's: counted once.
+            minutes = sum(r["seconds"] for r in rows if r["variant"] not in (STACKED, "default")) / 60
             console.print(f"{name}: reusing {finished}")
         else:
             started = time.monotonic()
@@ -159,7 +162,7 @@ def main() -> int:
                 if source.exists():
                     shutil.copy(source, target / plot)
         links += [f"![{name} {plot}](accuracy/{name}/{plot})" for plot in PLOTS if (target / plot).exists()]
-        lines = [f"## {name}\n", machine + "\n", f"Command:\n\n{command}\n", ablation_markdown(rows, task),
+        lines = [f"## {name}\n", machine + (f" {args.note}" if args.note else "") + "\n", f"Command:\n\n{command}\n", ablation_markdown(rows, task),
                  *verdict(rows, name), f"\n{minutes:.1f} minutes in all for this task.\n", "\n".join(links) + "\n"]
         sections[name] = "\n".join(lines)
     header = (
