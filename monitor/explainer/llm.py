@@ -569,23 +569,6 @@ class ExplainerPool:
                 setattr(total, name, getattr(total, name) + getattr(engine.usage, name))
         return total
 
-    def _generate_scored(self, task: TaskDefinition, text: str, predicted_label: str, *, evidence_line: int | None,
-                         threshold: float, retry: bool) -> tuple[str, Scored]:
-        """The verdict from the model's calibrated scores of the options, then only the reason decoded
-        (and the evidence line, when the classifier did not choose it)."""
-        with self._lock:
-            prior = self._prior(task, predicted_label)
-            raw, end = self._scores_of(task, text, predicted_label)
-            self.usage.calls += 1
-            scored = Scored.of(raw, prior, predicted_label, threshold)
-            opening = verdict_options(task, predicted_label)[scored.label]
-            forced = opening if evidence_line is None else f"{opening} {evidence_line}:"
-            self._llm.n_tokens = end
-            self._llm.eval(self._llm.tokenize(forced.encode(), add_bos=False, special=False))
-            room = self._llm.n_ctx() - self._llm.n_tokens
-            grammar = rest_grammar(text, with_line=evidence_line is None)
-            return forced + self._decode(grammar, max_tokens=min(MAX_TOKENS, room), retry=retry), scored
-
     def warm(self, tasks: Sequence[TaskDefinition]) -> int:
         """Every context builds its prompt prefixes (in parallel); returns how many were built in all."""
         with ThreadPoolExecutor(max_workers=len(self.engines), thread_name_prefix="llm-warm") as pool:
