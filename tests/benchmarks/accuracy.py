@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -121,7 +122,7 @@ def main() -> int:
 
     console = Console()
     variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else VARIANTS
-    command = "    .venv/bin/python tests/benchmarks/accuracy.py " + " ".join(sys.argv[1:])
+    command = "    .venv/bin/python tests/benchmarks/accuracy.py " + shlex.join(sys.argv[1:])
     sections = sections_of(args.doc) if args.keep_others else {}
     plots_dir = args.doc.parent / "accuracy"
     machine = (f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs); device {args.device}; encoder all-MiniLM-L6-v2; "
