@@ -130,7 +130,7 @@ def source_counts(session: Session, source: str) -> dict[str, int]:
     }
 
 
-def explained_examples(session: Session, source: str, *, verdicts: Sequence[str] = ("confirm", "reject"),
+def explained_examples(session: Session, source: str, *, verdicts: Sequence[str] = ("confirm", "reject", "withheld"),
                        limit: int = 3) -> list[ExplainedExample]:
     """Up to ``limit`` explanations with one of ``verdicts`` on posts of ``source``, with the post text."""
     rows = session.execute(

@@ -70,16 +70,17 @@ def test_source_counts_follow_one_source_through_every_table(factory, stored, ex
     assert set(nothing.values()) == {0}
 
 
-def test_explained_examples_are_confirms_and_rejects_with_the_post(factory, stored, explanation, signal):
+def test_explained_examples_are_answers_with_the_post(factory, stored, explanation, signal):
     with transaction(factory) as session:
         repository.upsert_explanations(session, [
             explanation(stored["p0"], "confirm"), explanation(stored["p1"], "over_budget"),
-            explanation(stored["p2"], "reject"),
+            explanation(stored["p2"], "reject"), explanation(stored["p1"], "withheld", llm="other.gguf"),
         ])
     with transaction(factory) as session:
-        examples = queries.explained_examples(session, "s")
+        examples = queries.explained_examples(session, "s", limit=5)
         one = queries.explained_examples(session, "s", limit=1)
-    assert sorted(e.verdict for e in examples) == ["confirm", "reject"] and len(one) == 1
+    # A withheld verdict is an answer (its rationale shows); over budget is not.
+    assert sorted(e.verdict for e in examples) == ["confirm", "reject", "withheld"] and len(one) == 1
     text, predicted, verdict, suggested, final, evidence, rationale = next(e for e in examples if e.verdict == "reject")
     assert (text, predicted, suggested, final, evidence) == ("my legs hurt 2", "severe_adr", "severe_adr",
                                                              "severe_adr", "legs hurt")
