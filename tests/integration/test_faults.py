@@ -275,7 +275,7 @@ def test_kill_9_of_one_role_mid_stream_loses_nothing(stack: Stack, role: str):
     assert _metric(stack, "monitor_worker_restarts_total", role=role) == restarts + 1
     assert f"{role} worker killed by SIGKILL; restarting in" in stack.log.read_text()
     verdicts = [verdict for _, _, verdict in rows["explanations"]]
-    assert verdicts and set(verdicts) <= {"confirm", "reject", "unverified", "over_budget"}
+    assert verdicts and set(verdicts) <= {"confirm", "reject", "withheld", "unverified", "over_budget"}
 
 
 def test_a_failing_batch_is_retried_and_a_poison_record_is_dead_lettered_alone(stack: Stack):
