@@ -41,8 +41,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The old schema has no 'withheld': such rows go back as 'unverified', saying why.
     with op.batch_alter_table('explanations', schema=None) as batch_op:
         batch_op.drop_constraint(op.f('ck_explanations_verdict'), type_='check')
+    op.execute("UPDATE explanations SET verdict = 'unverified', reason = COALESCE(reason, 'verdict withheld "
+               "(not measured informative); schema downgraded below 0006') WHERE verdict = 'withheld'")
+    with op.batch_alter_table('explanations', schema=None) as batch_op:
         batch_op.create_check_constraint(op.f('ck_explanations_verdict'), OLD_VERDICTS)
         batch_op.drop_column('unsupported')
         batch_op.drop_column('label_scores')

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 
 from monitor.config import DatabaseSettings
 from monitor.errors import StorageError
@@ -53,6 +53,31 @@ def test_migrations_up_down_up(database: DatabaseSettings):
     assert _tables(database) == set()
     migrations.upgrade(database)
     assert _tables(database) == TABLES
+
+
+def test_a_withheld_verdict_goes_back_as_unverified_when_the_schema_is_downgraded(database: DatabaseSettings):
+    migrations.downgrade(database, "base")  # a clean slate (the PostgreSQL database is shared by the session)
+    migrations.upgrade(database)
+    engine = create_db_engine(database)
+    with transaction(make_sessionmaker(engine)) as session:
+        ids = repository.upsert_posts(session, [_post("w")], author_key=KEY)
+        repository.upsert_explanations(session, [{
+            "post_id": ids[("test", "w")], "task": "adr", "model_version": "v1", "llm_model": "smollm2",
+            "prompt_version": "adr-1", "predicted_label": "adverse", "verdict": "withheld",
+            "final_label": "adverse", "rationale": "mentions nausea", "evidence": "nausea is awful",
+            "label_scores": {"adverse": 0.4, "none": 0.6}, "unsupported": [],
+        }])
+    engine.dispose()
+    migrations.downgrade(database, "0005")  # the old check constraint has no 'withheld'
+    engine = create_db_engine(database)
+    with engine.connect() as connection:
+        verdict, reason = connection.execute(text("SELECT verdict, reason FROM explanations")).one()
+    engine.dispose()
+    assert verdict == "unverified" and "withheld" in reason
+    migrations.upgrade(database)
+    assert migrations.current_revision(database) == migrations.head_revision()
+    migrations.downgrade(database, "base")  # leave the shared database empty, as the tests after this expect
+    migrations.upgrade(database)
 
 
 def _post(post_id: str, text: str = "day 3 on sertraline, nausea is awful") -> Post:
