@@ -112,9 +112,11 @@ def explain_eval(
     record: bool = typer.Option(True, help="Record the allowed mode in MODEL/explainer_policy.json"),
     out: Path | None = typer.Option(None, help="Write the full report (JSON) here"),
 ) -> None:
-    """Measure the explainer under the worker's escalation policy: F1 before/after, flips and how many
-    were right, agreement, unverified share, explanations/s, and the adversarial suite against benign
-    edits. The grant is decided on the model's validation split (the test split is reported beside it)
+    """Measure the explainer under the worker's escalation policy: whether its verdicts carry information
+    (AUROC of P(confirm) for a right label, confirm rate on right and wrong labels, verdict F1 at a
+    threshold fitted on validation; below AUROC 0.6 verdicts are withheld), rationales naming what the
+    post lacks, the classifier evidence's faithfulness, F1 before/after, flips and how many were right,
+    unverified share, explanations/s, and the adversarial suite against benign edits. The grant is decided on the model's validation split (the test split is reported beside it)
     and recorded for (LLM, prompt version, escalation policy): `correct` mode only if the task metric
     does not drop, the flips beat chance, and attacks move verdicts no more than benign edits do."""
     from monitor.assessment import Robustness, assess, write_policy
