@@ -41,7 +41,7 @@ from monitor.cpu_tuning import (
 from monitor.encoding import encode, length_sorted_batches, normalise_text, precut
 from monitor.errors import ModelError
 from monitor.evaluation import confusion_matrix, task_metric
-from monitor.lexical import LEXICAL_CHARS, LexicalModel
+from monitor.lexical import LexicalModel
 from monitor.model_card import ModelCard, read_card
 
 log = logging.getLogger(__name__)
@@ -322,8 +322,7 @@ class EncoderClassifier:
         out = self.encoder_logits(texts)
         if self.lexical is None:  # not a stack (the constructor requires it of one)
             return out
-        lexical = self.lexical.log_proba([normalise_text(t)[:LEXICAL_CHARS] for t in texts])
-        return self.card.stack.combine(out, lexical)
+        return self.card.stack.combine(out, self.lexical.read_posts(texts))
 
     def encoder_logits(self, texts: Sequence[str]) -> np.ndarray:
         """The encoder's raw logits, in the order of ``texts``.

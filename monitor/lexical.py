@@ -118,6 +118,11 @@ class LexicalModel:
         scores -= scores.max(axis=1, keepdims=True)
         return scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
 
+    def read_posts(self, texts: Sequence[str]) -> np.ndarray:
+        """``log_proba`` of posts as they arrive: normalised as the training rows were, and cut at
+        ``LEXICAL_CHARS`` (a 1 MB post never reaches the n-gram counter whole)."""
+        return self.log_proba([normalise_text(t)[:LEXICAL_CHARS] for t in texts])
+
     def save(self, folder: Path) -> Path:
         path = folder / LEXICAL_FILE
         arrays = {"labels": np.array(self.labels), "coef": self.coef.astype(np.float32),
@@ -174,7 +179,7 @@ class LexicalClassifier:
         """The lexical model's log-probabilities (before the card's calibration), in the order of ``texts``."""
         if not texts:
             return np.zeros((0, len(self.labels)))
-        return self.lexical.log_proba([normalise_text(t)[:LEXICAL_CHARS] for t in texts])
+        return self.lexical.read_posts(texts)
 
     def calibrate(self, logits: np.ndarray) -> np.ndarray:
         return self.card.probabilities(logits)
