@@ -231,6 +231,11 @@ class LlamaExplainer:
     parallel = 1
 
     @property
+    def scores_verdicts(self) -> bool:
+        """Whether the verdict is read from scores (the default), not decoded."""
+        return self.settings.constrained and self.settings.verdict_from == "scores"
+
+    @property
     def cache_hits(self) -> int:
         return self.cache.hits if self.cache is not None else 0
 
@@ -333,15 +338,20 @@ class LlamaExplainer:
         return {label: self._llm.tokenize(opening.encode(), add_bos=False, special=False)
                 for label, opening in verdict_options(task, predicted_label).items()}
 
-    def _scores_of(self, task: TaskDefinition, text: str, predicted_label: str) -> tuple[dict[str, float], int]:
-        """Each label's verdict-option log-probability for ``text``, and where the prompt ends."""
+    def _read_prompt(self, task: TaskDefinition, text: str, predicted_label: str) -> int:
+        """Put the prompt in the KV cache (``_feed_prompt``); returns where it ends. A prompt that leaves
+        less than ``MIN_ROOM`` tokens for the reply is a ``ValueError`` (an ``unverified`` result)."""
         n_prefix, tokens = self._prompt_tokens(task, text, predicted_label)
-        room = self._llm.n_ctx() - len(tokens)
-        if room < MIN_ROOM:
+        if self._llm.n_ctx() - len(tokens) < MIN_ROOM:
             raise ValueError(f"a prompt of {len(tokens)} tokens leaves no room for the reply "
                              f"in n_ctx={self._llm.n_ctx()}")
         self._feed_prompt((prompt_version(task), predicted_label), n_prefix, tokens)
-        return self._score(self._option_tokens(task, predicted_label), len(tokens)), len(tokens)
+        return len(tokens)
+
+    def _scores_of(self, task: TaskDefinition, text: str, predicted_label: str) -> tuple[dict[str, float], int]:
+        """Each label's verdict-option log-probability for ``text``, and where the prompt ends."""
+        end = self._read_prompt(task, text, predicted_label)
+        return self._score(self._option_tokens(task, predicted_label), end), end
 
     def _prior(self, task: TaskDefinition, predicted_label: str) -> dict[str, float]:
         """The mean log-probability of each verdict option over the content-free posts (computed once)."""
@@ -418,14 +428,9 @@ class LlamaExplainer:
     def _generate(self, task: TaskDefinition, text: str, predicted_label: str, grammar_text: str | None,
                   *, retry: bool) -> str:
         with self._lock:
-            n_prefix, tokens = self._prompt_tokens(task, text, predicted_label)
-            room = self._llm.n_ctx() - len(tokens)
-            if room < MIN_ROOM:
-                raise ValueError(f"a prompt of {len(tokens)} tokens leaves no room for the reply "
-                                 f"in n_ctx={self._llm.n_ctx()}")
+            end = self._read_prompt(task, text, predicted_label)
             self.usage.calls += 1
-            self._feed_prompt((prompt_version(task), predicted_label), n_prefix, tokens)
-            return self._decode(grammar_text, max_tokens=min(MAX_TOKENS, room), retry=retry)
+            return self._decode(grammar_text, max_tokens=min(MAX_TOKENS, self._llm.n_ctx() - end), retry=retry)
 
     def _generate_scored(self, task: TaskDefinition, text: str, predicted_label: str, *, evidence_line: int | None,
                          threshold: float, retry: bool) -> tuple[str, Scored]:
@@ -457,7 +462,7 @@ class LlamaExplainer:
                         continue
                     n_prefix, tokens = self._prompt_tokens(task, ".", label)
                     self._feed_prompt(key, n_prefix, tokens[: n_prefix + 1])
-                    if self.settings.constrained and self.settings.verdict_from == "scores":
+                    if self.scores_verdicts:
                         self._prior(task, label)
                     built += 1
         return built
@@ -489,17 +494,19 @@ class LlamaExplainer:
         if evidence_line is not None and not 1 <= evidence_line <= len(post_lines(text)):
             log.warning("evidence line %s is not a line of the post; the LLM chooses one", evidence_line)
             evidence_line = None
+        # Decoding the whole reply: under the grammar, or (to measure it) free.
+        grammar = build_grammar(task, text, predicted_label) \
+            if self.settings.constrained and not self.scores_verdicts else None
         started = time.perf_counter()
         reasons = []
         transient = False
         for attempt in (1, 2):
             scored = None
             try:
-                if self.settings.constrained and self.settings.verdict_from == "scores":
+                if self.scores_verdicts:
                     reply, scored = self._generate_scored(task, text, predicted_label, evidence_line=evidence_line,
                                                           threshold=threshold, retry=attempt > 1)
-                else:  # the whole reply decoded: under the grammar, or (to measure it) free
-                    grammar = build_grammar(task, text, predicted_label) if self.settings.constrained else None
+                else:
                     reply = self._generate(task, text, predicted_label, grammar, retry=attempt > 1)
                 parsed = parse_reply(reply, task, text, predicted_label)
             except ReplyError as exc:
