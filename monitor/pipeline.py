@@ -117,6 +117,16 @@ def withheld(explanation: Explanation) -> Explanation:
     return explanation.model_copy(update={"verdict": "withheld", "suggested_label": None})
 
 
+def ask(explainer: Explainer, model: TaskModel, text: str, predicted: str, evidence_line: int | None) -> Explanation:
+    """The explainer's answer on ``predicted`` as every caller shows it: at the task's measured
+    threshold, about the classifier's evidence line, its rationale checked against the post, and its
+    verdict withheld unless measured informative."""
+    explanation = explainer.explain(model.task, text, predicted, evidence_line=evidence_line,
+                                    threshold=model.verdict_threshold)
+    explanation = checked(explanation, text, model.task)
+    return explanation if model.verdicts_shown else withheld(explanation)
+
+
 def decide_by_classifier(case: Case, task: TaskDefinition) -> Decision:
     label = case.prediction.label
     return Decision(case=case, final_label=label, decided_by="classifier", is_signal=label in task.signal_labels)
@@ -141,14 +151,10 @@ def explain_case(case: Case, model: TaskModel, explainer: Explainer, budget: Exp
         telemetry.NOT_EXPLAINED.labels(task, "backlog" if stale else "budget").inc()
     else:
         started = time.perf_counter()
-        explanation = explainer.explain(model.task, case.post.text, predicted, evidence_line=case.evidence_line,
-                                        threshold=model.verdict_threshold)
+        explanation = ask(explainer, model, case.post.text, predicted, case.evidence_line)
         telemetry.LLM_SECONDS.labels(task).observe(time.perf_counter() - started)
-        explanation = checked(explanation, case.post.text, model.task)
         if explanation.unsupported:
             telemetry.UNSUPPORTED.labels(task).inc()
-        if not model.verdicts_shown:
-            explanation = withheld(explanation)
     final, decided_by = apply_verdict(predicted, explanation.verdict, explanation.suggested_label, model.mode)
     telemetry.EXPLANATIONS.labels(task, explanation.verdict).inc()
     if final != predicted:

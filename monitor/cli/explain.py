@@ -37,9 +37,11 @@ def explain(
 ) -> None:
     """Classify one post and have the LLM confirm or reject the label, with a short reason about the
     line the classifier's decision rests on (the verdict is shown where explain-eval measured it informative)."""
+    import dataclasses
+
     from monitor.attribution import occlusion
     from monitor.explainer.policy import apply_verdict
-    from monitor.pipeline import checked, withheld
+    from monitor.pipeline import ask
     from monitor.model_card import read_card
     from monitor.runtime import Runtime
     from monitor.tasks import load_task
@@ -58,10 +60,8 @@ def explain(
     label, confidence = classifier.labels[best], float(probs[best])
     served = runtime.models[card.task]
     attribution = occlusion(classifier, [text], [best])[0]
-    result = checked(explainer.explain(definition, text, label, evidence_line=attribution.evidence_line,
-                                       threshold=served.verdict_threshold), text, definition)
-    if not served.verdicts_shown:
-        result = withheld(result)
+    # The rules of the task asked for (--task may be a TOML file of the model's task).
+    result = ask(explainer, dataclasses.replace(served, task=definition), text, label, attribution.evidence_line)
     mode, why = served.mode, served.mode_why
     final, decided_by = apply_verdict(label, result.verdict, result.suggested_label, mode)  # type: ignore[arg-type]
     payload = {
