@@ -32,6 +32,22 @@ VIEWS = (
 )
 
 
+@dataclass(frozen=True)
+class Regularisation:
+    """The regression's inverse regularisation strength and class weighting (None, or "balanced":
+    each class weighted inversely to its frequency in the training rows)."""
+
+    c: float = 4.0
+    class_weight: str | None = None
+
+    def name(self) -> str:
+        return f"C={self.c:g}, {self.class_weight or 'unweighted'}"
+
+
+#: What ``monitor train`` tries for its lexical member, the plain default first (it wins ties).
+REGULARISATION_GRID = tuple(Regularisation(c, weight) for weight in (None, "balanced") for c in (4.0, 1.0, 16.0))
+
+
 def _counter(options: dict, vocabulary: Sequence[str] | None = None, max_features: int | None = None):
     from sklearn.feature_extraction.text import CountVectorizer
 
@@ -74,8 +90,14 @@ class LexicalModel:
 
     @classmethod
     def fit(cls, texts: Sequence[str], gold: Sequence[str], labels: Sequence[str], *, c: float = 4.0,
-            seed: int = 13) -> LexicalModel:
+            class_weight: str | None = None, seed: int = 13) -> LexicalModel:
         """Fit both vocabularies (terms in at least 2 posts, the most frequent kept) and the regression."""
+        return cls.fit_grid(texts, gold, labels, [Regularisation(c, class_weight)], seed=seed)[0]
+
+    @classmethod
+    def fit_grid(cls, texts: Sequence[str], gold: Sequence[str], labels: Sequence[str],
+                 grid: Sequence[Regularisation], *, seed: int = 13) -> list[LexicalModel]:
+        """One model per ``grid`` entry, over the same vocabularies (counted once)."""
         from scipy.sparse import hstack
         from sklearn.linear_model import LogisticRegression
 
@@ -98,8 +120,12 @@ class LexicalModel:
         x = hstack(blocks).tocsr()
         index = {label: i for i, label in enumerate(labels)}
         y = np.array([index[g] for g in gold])
-        regression = LogisticRegression(C=c, max_iter=3000, random_state=seed).fit(x, y)
-        return cls(tuple(labels), vocabularies, idf, *full_coefficients(regression, len(labels)))
+        models = []
+        for setting in grid:
+            regression = LogisticRegression(C=setting.c, class_weight=setting.class_weight, max_iter=3000,
+                                            random_state=seed).fit(x, y)
+            models.append(cls(tuple(labels), vocabularies, idf, *full_coefficients(regression, len(labels))))
+        return models
 
     def features(self, texts: Sequence[str]):  # noqa: ANN201 - a scipy CSR matrix
         from scipy.sparse import csr_matrix, hstack

@@ -148,6 +148,31 @@ def fit_head(task: TaskDefinition, logits: np.ndarray, gold: np.ndarray, score: 
     return Head(calibration, fit_decision(calibration.apply(logits), gold, score, metric=task.metric))
 
 
+def fit_lexical_member(task: TaskDefinition, train: Sequence[Example], val: Sequence[Example], val_gold: np.ndarray,
+                       tuned_for: Any, *, seed: int) -> tuple[Any, Head, np.ndarray, dict]:
+    """The lexical model whose regularisation (``lexical.REGULARISATION_GRID``: strength and class
+    weighting) scores best on validation, each setting with its own calibration and decision rule;
+    a tie goes to the earlier setting (the plain default first). Returns the model, its head, its
+    validation log-probabilities and what was tried."""
+    from monitor.lexical import REGULARISATION_GRID, LexicalModel
+
+    score = metric_scorer(task)
+    models = LexicalModel.fit_grid([e.text for e in train], [e.label for e in train], list(task.labels),
+                                   REGULARISATION_GRID, seed=seed)
+    val_texts = [e.text for e in val]
+    tried: dict[str, float] = {}
+    best = None
+    for setting, model in zip(REGULARISATION_GRID, models, strict=True):
+        log_proba = model.log_proba(val_texts)
+        head = fit_head(task, log_proba, val_gold, tuned_for, dtype="float64", seed=seed)
+        value = float(score(head.decision.apply(head.calibration.apply(log_proba)), val_gold))
+        tried[setting.name()] = round(value, 6)
+        if best is None or value > best[0] + 1e-9:
+            best = (value, setting, model, head, log_proba)
+    _, setting, model, head, log_proba = best
+    return model, head, log_proba, {"validation": tried, "chosen": setting.name()}
+
+
 def model_split(card: ModelCard, task: TaskDefinition, data: Path, split: Literal["validation", "test"], *,
                 skip_bad_rows: bool = False) -> list[Example] | None:
     """The model's own ``split`` of ``data``, made again as its training run made it (seed, fractions,
@@ -278,16 +303,13 @@ def train_model(
     candidates = {"encoder": (encoder_head, result.val_logits, encoder_test_logits)}
     spec, stack_notes, lexical = None, {"requested": serve}, None
     if serve != "encoder":
-        from monitor.lexical import LexicalModel
         from monitor.training.stacking import fit_stack
 
         lexical_started = time.monotonic()
-        lexical = LexicalModel.fit([e.text for e in prepared.train], [e.label for e in prepared.train], labels,
-                                   seed=data_options.seed)
+        lexical, lexical_head, lexical_val, stack_notes["lexical_regularisation"] = fit_lexical_member(
+            task, prepared.train, prepared.splits.val, val_gold, tuned_for, seed=data_options.seed)
         stack_notes["lexical_seconds"] = round(time.monotonic() - lexical_started, 1)
-        lexical_val = lexical.log_proba([e.text for e in prepared.splits.val])
         lexical_test = lexical.log_proba([e.text for e in test])
-        lexical_head = fit_head(task, lexical_val, val_gold, tuned_for, dtype="float64", seed=data_options.seed)
         members["lexical"] = lexical_head.report(task, lexical_test, test_gold).as_dict()
         candidates["lexical"] = (lexical_head, lexical_val, lexical_test)
         stack_notes["lexical_features"] = {name: len(v) for name, v in lexical.vocabularies.items()}

@@ -44,7 +44,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated (default: all four)")
-    parser.add_argument("--variants", default=None, help="ablation variants (default: all)")
+    parser.add_argument("--variants", default=None,
+                        help="ablation variants (default: all); the other rows of a task are kept from the "
+                             "document's ablation.json, when it has one")
     parser.add_argument("--train-subsample", type=int, default=None, help="seeded stratified training subsample")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
@@ -115,7 +117,7 @@ def main() -> int:
     from monitor.cli.train import training_progress
     from monitor.models import default_encoder_path
     from monitor.tasks import load_task
-    from monitor.training.ablation import STACKED, VARIANTS, ablation_markdown, run_ablation
+    from monitor.training.ablation import STACKED, VARIANTS, ablation_markdown, run_ablation, write_ablation
     from monitor.training.finetune import FineTuneConfig
     from monitor.training.recipe import DataOptions
     from monitor.training.wordnet import WordNetSynonyms
@@ -151,6 +153,16 @@ def main() -> int:
                                     data_options=DataOptions(seed=args.seed, train_subsample=args.train_subsample),
                                     finetune_config=config, progress=progress)
             minutes = (time.monotonic() - started) / 60
+            previous = plots_dir / name / "ablation.json"
+            if args.variants and previous.exists():  # some rows run again: the others kept from the document
+                payload = json.loads(previous.read_text())
+                ran = {r["variant"] for r in rows}
+                kept = [r for r in payload["rows"] if r["variant"] not in ran]
+                rows = sorted(rows + kept, key=lambda r: VARIANTS.index(r["variant"]))
+                write_ablation(rows, task, payload["data"], payload["finetune_config"], args.out / name)
+                minutes = sum(r["seconds"] for r in rows if r["variant"] not in (STACKED, "default")) / 60
+                console.print(f"{name}: rows {', '.join(sorted(ran))} measured now, "
+                              f"{', '.join(r['variant'] for r in kept)} kept from {previous}")
         console.print(ablation_markdown(rows, task))
         target = plots_dir / name
         target.mkdir(parents=True, exist_ok=True)

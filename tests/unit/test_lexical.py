@@ -112,3 +112,19 @@ def test_serving_a_member_the_folder_does_not_describe_is_refused(tmp_path):
         LexicalClassifier(card.model_copy(update={"serves": "encoder"}), LexicalModel.load(folder))
     with pytest.raises(ModelError, match="labels"):
         LexicalClassifier(card, LexicalModel.fit(POSITIVE * 3 + NEGATIVE * 3, ["a"] * 15 + ["b"] * 15, ["a", "b"]))
+
+
+def test_a_grid_shares_one_vocabulary_and_each_entry_fits_as_alone():
+    from monitor.lexical import REGULARISATION_GRID, Regularisation
+
+    texts = POSITIVE * 2 + NEGATIVE * 5
+    gold = ["adr"] * 10 + ["none"] * 25
+    grid = [Regularisation(4.0, None), Regularisation(4.0, "balanced"), Regularisation(1.0, None)]
+    fitted = LexicalModel.fit_grid(texts, gold, ["none", "adr"], grid)
+    for setting, model in zip(grid, fitted):
+        alone = LexicalModel.fit(texts, gold, ["none", "adr"], c=setting.c, class_weight=setting.class_weight)
+        np.testing.assert_allclose(model.log_proba(texts), alone.log_proba(texts), atol=1e-9)
+    # Weighting the rarer class up raises its probability on every post.
+    assert (fitted[1].log_proba(texts)[:, 1] > fitted[0].log_proba(texts)[:, 1]).all()
+    assert not np.allclose(fitted[2].log_proba(texts), fitted[0].log_proba(texts))
+    assert REGULARISATION_GRID[0] == Regularisation()  # the plain default is tried first and wins ties

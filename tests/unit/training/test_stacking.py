@@ -52,3 +52,53 @@ def test_the_member_best_on_validation_serves_and_a_tie_goes_to_the_cheaper():
     assert choose_member({"encoder": 0.64, "lexical": 0.60, "stack": 0.64}) == "encoder"
     assert choose_member({"encoder": 0.64, "lexical": 0.64, "stack": 0.64}) == "lexical"
     assert choose_member({"encoder": 0.5}) == "encoder"
+
+
+def _examples(rows: list[tuple[str, str]]):
+    from monitor.corpus import Example
+
+    return [Example(id=str(i), text=text, label=label) for i, (text, label) in enumerate(rows)]
+
+
+def test_the_lexical_member_takes_the_regularisation_best_on_validation():
+    from monitor.lexical import REGULARISATION_GRID
+    from monitor.tasks import load_task
+    from monitor.training.recipe import fit_lexical_member, metric_scorer
+
+    task = load_task("druglib_adverse")
+    rng = np.random.default_rng(3)
+    signs = ["rash", "nausea", "dizzy", "vomiting", "hives", "fine", "great", "helped", "worked", "calm"]
+
+    def rows(n: int) -> list[tuple[str, str]]:
+        out = []
+        for _ in range(n):
+            severe = rng.random() < 0.2
+            words = list(rng.choice(signs[:5] if severe else signs[5:], 2)) + list(rng.choice(signs, 3))
+            out.append((" ".join(words), "severe_adr" if severe else "no_severe_adr"))
+        return out
+
+    index = {label: i for i, label in enumerate(task.labels)}
+    train, val = _examples(rows(200)), _examples(rows(80))
+    val_gold = np.array([index[e.label] for e in val])
+    model, head, log_proba, notes = fit_lexical_member(task, train, val, val_gold, metric_scorer(task), seed=1)
+    tried = notes["validation"]
+    assert list(tried) == [setting.name() for setting in REGULARISATION_GRID]
+    best = max(tried.values())
+    assert notes["chosen"] == next(name for name, value in tried.items() if value == best)
+    served = head.decision.apply(head.calibration.apply(model.log_proba([e.text for e in val])))
+    assert round(float(metric_scorer(task)(served, val_gold)), 6) == tried[notes["chosen"]]
+    np.testing.assert_allclose(log_proba, model.log_proba([e.text for e in val]))
+
+
+def test_on_a_tie_the_plain_lexical_setting_is_kept():
+    from monitor.tasks import load_task
+    from monitor.training.recipe import fit_lexical_member, metric_scorer
+
+    task = load_task("druglib_adverse")
+    rows = [("awful rash and hives", "severe_adr"), ("terrible vomiting all night", "severe_adr")] * 6 + \
+           [("worked fine for me", "no_severe_adr"), ("great drug, it helped", "no_severe_adr")] * 12
+    examples = _examples(rows)
+    gold = np.array([task.labels.index(e.label) for e in examples])
+    _, _, _, notes = fit_lexical_member(task, examples, examples, gold, metric_scorer(task), seed=1)
+    assert set(notes["validation"].values()) == {1.0}  # every setting separates these perfectly
+    assert notes["chosen"] == "C=4, unweighted"
