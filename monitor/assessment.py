@@ -4,8 +4,9 @@ Runs the classifier on a labeled split, escalates per policy, asks the explainer
 task metric before and after applying the verdicts in ``correct`` mode. First it asks whether the
 verdicts carry information at all: the AUROC of the LLM's P(confirm) for "the predicted label is
 right" over the escalated cases, the confirm rate on right and on wrong labels, and the verdict's
-F1 at a threshold fitted on validation. Below ``AUROC_FLOOR`` the (LLM, prompt version, policy) is
-recorded as uninformative: its rows and displays keep the rationale and show no verdict, and it
+F1 at a threshold fitted on validation. Below ``AUROC_FLOOR``, or when too few cases were asked
+about to tell the AUROC from chance (one-sided p >= ``CHANCE_P``), the (LLM, prompt version,
+policy) is recorded as uninformative: its rows and displays keep the rationale and show no verdict, and it
 never gets ``correct`` mode. The grant is decided on the
 model's validation split (the test split is reported beside it) and keyed by (LLM, prompt version,
 escalation policy): only a measurement that does not lower the metric, whose flips beat chance and
@@ -24,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from monitor.evaluation import auroc, confusion_matrix, task_metric
+from monitor.evaluation import auroc, auroc_p_value, confusion_matrix, task_metric
 from monitor.inference import Classifier, Explainer
 from monitor.explainer.policy import Candidate, Policy, apply_verdict, select_for_explanation
 from monitor.records import Explanation
@@ -33,6 +34,8 @@ from monitor.tasks import TaskDefinition
 POLICY_FILE = "explainer_policy.json"
 #: Verdicts whose P(confirm) ranks right labels above wrong ones less often than this are noise.
 AUROC_FLOOR = 0.6
+#: ... and an AUROC that chance gives this often (too few cases asked about) is no evidence either.
+CHANCE_P = 0.05
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class VerdictQuality:
     verdict_f1: float  # macro-F1 of confirm-on-right / reject-on-wrong at the threshold
     informative: bool
     why: str
+    #: One-sided p-value of the AUROC against chance: informative only below ``CHANCE_P``.
+    auroc_p: float | None = None
 
 
 def _verdict_f1(confirm: Sequence[bool], right: Sequence[bool]) -> float:
@@ -79,18 +84,22 @@ def verdict_quality(scores: Sequence[float], right: Sequence[bool], *, threshold
     area = auroc(scores, right)
     rate_right = sum(c for c, r in zip(confirm, right, strict=True) if r) / n_right if n_right else 0.0
     rate_wrong = sum(c for c, r in zip(confirm, right, strict=True) if not r) / n_wrong if n_wrong else 0.0
+    p_value = None if area is None else auroc_p_value(area, n_right, n_wrong)
     if area is None:
         informative, why = False, (f"cannot be measured: {n_right} right and {n_wrong} wrong labels among the "
                                    f"escalated cases (both are needed)")
     elif area < floor:
         informative, why = False, (f"uninformative: AUROC {area:.3f} < {floor} (confirms {rate_right:.0%} of right "
                                    f"and {rate_wrong:.0%} of wrong labels)")
+    elif p_value >= CHANCE_P:
+        informative, why = False, (f"not shown to be informative: AUROC {area:.3f} on {n_right} right and {n_wrong} "
+                                   f"wrong labels, which chance gives with p = {p_value:.2f}")
     else:
         informative, why = True, (f"AUROC {area:.3f}: confirms {rate_right:.0%} of right and {rate_wrong:.0%} of "
                                   f"wrong labels at P(confirm) >= {threshold:.3f}")
     return VerdictQuality(cases=len(scores), right=n_right, auroc=area, threshold=float(threshold),
                           confirm_rate_right=rate_right, confirm_rate_wrong=rate_wrong,
-                          verdict_f1=_verdict_f1(confirm, right), informative=informative, why=why)
+                          verdict_f1=_verdict_f1(confirm, right), informative=informative, why=why, auroc_p=p_value)
 
 
 @dataclass

@@ -6,6 +6,8 @@ Nothing here knows about models or files, except the ``plot_*`` functions, which
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +148,14 @@ def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float | None:
         ranks[order[i:j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auroc_p_value(area: float, n_pos: int, n_neg: int) -> float:
+    """One-sided p-value of an AUROC this high arising by chance (Mann-Whitney U against no
+    association, normal approximation): small only when the area is high *and* measured on enough
+    positive and negative cases to tell it from luck."""
+    mean, variance = 0.5, (n_pos + n_neg + 1) / (12 * n_pos * n_neg)
+    return float(0.5 * math.erfc((area - mean) / math.sqrt(variance) / math.sqrt(2)))
 
 
 def top_label_ece(probabilities: np.ndarray, gold: np.ndarray) -> float:

@@ -173,7 +173,8 @@ def explain_eval(
 
     rows_shown = [
         ("verdict AUROC of P(confirm) for a right label",
-         quality(lambda q: "-" if q.auroc is None else f"{q.auroc:.3f} ({q.right} right, {q.cases - q.right} wrong)")),
+         quality(lambda q: "-" if q.auroc is None else f"{q.auroc:.3f} ({q.right} right, {q.cases - q.right} wrong"
+                           + ("" if q.auroc_p is None else f"; chance p {q.auroc_p:.2g}") + ")")),
         ("confirm rate on right / wrong labels",
          quality(lambda q: f"{q.confirm_rate_right:.1%} / {q.confirm_rate_wrong:.1%}")),
         ("verdict macro-F1 at P(confirm) threshold", quality(lambda q: f"{q.verdict_f1:.3f} at {q.threshold:.3f}")),

@@ -49,7 +49,7 @@ def test_explain_eval_decides_on_validation_and_keys_the_grant_by_policy(tiny_mo
     # The verdicts' information, measured on validation; the test split is asked at validation's threshold.
     assert quality.cases == validation["verified"] and 0.0 <= quality.verdict_f1 <= 1.0
     assert report["test"]["quality"]["threshold"] == quality.threshold
-    assert quality.informative == (quality.auroc is not None and quality.auroc >= 0.6)
+    assert quality.informative == (quality.auroc is not None and quality.auroc >= 0.6 and quality.auroc_p < 0.05)
     assert "verdict AUROC of P(confirm)" in done.stdout and "evidence faithfulness" in done.stdout
     faithful = report["faithfulness"]
     assert faithful["posts"] + faithful["single_line"] == 40 and faithful["posts"] > 0

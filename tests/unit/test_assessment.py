@@ -149,3 +149,19 @@ def test_uninformative_verdicts_never_get_correct_mode_and_are_withheld(tmp_path
     assert not shown and "uninformative" in why
     entry = json.loads((tmp_path / "explainer_policy.json").read_text())[grant_key("stand-in.gguf#0", "v", policy)]
     assert entry["verdicts"]["informative"] is False and entry["mode"] == "explain"
+
+
+def test_an_auroc_measured_on_a_handful_of_cases_is_not_taken_as_information():
+    from monitor.evaluation import auroc_p_value
+
+    # Mann-Whitney U under no association, worked by hand: A = 0.75 on 20 + 20 cases is U = 300 against
+    # a mean of 200 and a standard deviation of sqrt(20 * 20 * 41 / 12) = 36.97, z = 2.705.
+    assert auroc_p_value(0.75, 20, 20) == pytest.approx(0.003415, abs=2e-5)
+    lucky = verdict_quality([0.9, 0.8, 0.1], [True, True, False])  # a perfect ranking of three cases
+    assert lucky.auroc == 1.0 and not lucky.informative and "which chance gives" in lucky.why
+    assert lucky.auroc_p is not None and lucky.auroc_p >= 0.05
+    rng = np.random.default_rng(2)
+    right = [True] * 40 + [False] * 40
+    scores = [float(np.clip((0.65 if r else 0.45) + rng.normal(0, 0.15), 0, 1)) for r in right]
+    q = verdict_quality(scores, right)
+    assert q.auroc > 0.7 and q.auroc_p < 0.05 and q.informative
