@@ -305,8 +305,7 @@ class ExplainerSettings(_Section):
     n_ctx: int = Field(4096, ge=256, le=131072, description="Context size in tokens (4096 fits the longest post the prompt keeps)")
     n_threads: int | None = Field(None, ge=1, description="CPU threads per llama.cpp context; unset = the cores shared out among them")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU (-1 = all)")
-    n_parallel: int = Field(2, ge=1, le=64, description="llama.cpp contexts per worker")
-    sequences: int = Field(1, ge=1, le=64, description="Posts each context explains together, their next tokens evaluated in one forward pass (each sequence has its own n_ctx tokens of KV cache)")
+    n_parallel: int = Field(2, ge=1, le=64, description="llama.cpp contexts per worker, each explaining one post at a time")
     seed: int = Field(1234, description="Sampling seed (temperature is 0)")
     constrained: bool = Field(True, description="Constrain replies with the output grammar (off only to measure it)")
     verdict_from: Literal["scores", "decoding"] = Field(

@@ -1,14 +1,12 @@
-"""The llama-cpp-python adapter: grammar-constrained, cached, batched, never crashing.
+"""The llama-cpp-python adapter: one model per process, grammar-constrained, cached, never crashing.
 
 Temperature 0 and a fixed seed; one retry (a little temperature, another seed) when a reply
 breaks the contract; after that the result is ``unverified`` with the reason. Results are cached
 by (model fingerprint, prompt version, post hash, predicted label), so replays and duplicate posts
 do not pay twice.
 
-Generation is our own loop over a llama.cpp context of our own rather than
-``create_chat_completion``, for measured reasons (tests/benchmarks/bench_explainer.py):
-- several posts are in flight in one context (``settings.sequences``), and the next reply token of
-  each goes through the model in one forward pass: the weights are read once for all of them.
+Generation is our own short loop over llama.cpp's context rather than ``create_chat_completion``,
+for three measured reasons (tests/benchmarks/bench_explainer.py):
 - the grammar is consulted only when the model's own choice breaks it (about one token in
   fifteen): llama.cpp's grammar sampler otherwise tests all 49,152 vocabulary entries at every
   token, ~7 ms a token on this 2-core box against ~14 ms for SmolLM2-135M's forward pass. At
@@ -30,10 +28,10 @@ import queue
 import sqlite3
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,46 +169,8 @@ class Scored:
         return cls(p_confirm, max(others)[1], probabilities)
 
 
-@dataclass
-class _Feed:
-    """What a request needs evaluated next: ``tokens`` of its sequence from position ``pos`` (anything
-    the sequence held from there on is dropped first), and whether it wants the last token's logits."""
-
-    tokens: list[int]
-    pos: int
-    logits: bool = True
-
-
-class _Request:
-    """One request driven by the scheduler: a generator that yields ``_Feed``s and is sent back the
-    logits of each (a view valid until the next forward pass), and returns its result."""
-
-    def __init__(self, steps: Callable[[int], Generator[_Feed, np.ndarray | None, Any]]):
-        self.steps = steps
-        self.slot = -1
-        self.generator: Generator[_Feed, np.ndarray | None, Any] | None = None
-        self.feed: _Feed | None = None
-        self.done = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    def outcome(self) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
 class LlamaExplainer:
-    """Asks a local GGUF model whether the classifier's label is right, under the output contract.
-
-    One llama.cpp context holds ``settings.sequences`` sequences, each explaining one post; every
-    forward pass evaluates the next tokens of all of them together (a new post's prompt beside the
-    others' next reply tokens), so the weights are read once per step for all of them. Each request
-    is a generator of the tokens it needs evaluated (``_Feed``); whichever calling thread holds the
-    step lock runs the next forward pass for every request (there is no scheduler thread to leak).
-    Each sequence has its own KV cells (``n_ctx`` tokens; llama.cpp's non-unified cache) and flash
-    attention is off: a post's scores are then the same to the last digit whatever else shares the pass.
-    """
+    """Asks a local GGUF model whether the classifier's label is right, under the output contract."""
 
     def __init__(self, llm: Any, model_path: Path, settings: ExplainerSettings, *, cache: ExplanationCache | None):
         import llama_cpp
@@ -218,6 +178,7 @@ class LlamaExplainer:
 
         self._llm = llm
         self._lib = llama_cpp
+        self._lock = threading.Lock()  # a llama.cpp context serves one request at a time
         self.settings = settings
         self.cache = cache
         self.model_path = model_path
@@ -247,49 +208,6 @@ class LlamaExplainer:
         #: Contextual calibration: log-probabilities of each verdict option on content-free posts,
         #: per (prompt version, predicted label).
         self._priors: dict[tuple[str, str], dict[str, float]] = {}
-        self._open_context()
-        self._queue: deque[_Request] = deque()
-        self._active: list[_Request] = []
-        self._free_slots = list(range(self.parallel - 1, -1, -1))
-        self._step_lock = threading.Lock()
-        self._prompt_turn = False
-
-    def _open_context(self) -> None:
-        lib = self._lib
-        threads = self.settings.n_threads or max(1, (os.cpu_count() or 2) // 2)
-        params = lib.llama_context_default_params()
-        params.n_seq_max = self.settings.sequences
-        params.kv_unified = False
-        params.n_ctx = self.settings.n_ctx * self.settings.sequences
-        # One post's prompt fits one pass (a post split over passes may score differently in the last digits).
-        params.n_batch = max(512, self.settings.n_ctx)
-        params.n_ubatch = 512
-        params.n_threads = params.n_threads_batch = threads
-        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        params.no_perf = True
-        ctx = lib.llama_init_from_model(self._llm.model, params)
-        if not ctx:
-            raise ModelError(f"llama.cpp cannot make a context of {self.settings.sequences} x {self.settings.n_ctx} "
-                             f"tokens for {self.model_path}")
-        self._ctx = ctx
-        self._n_batch = params.n_batch
-        self._n_ctx_seq = lib.llama_n_ctx_seq(ctx)
-        self._batch = lib.llama_batch_init(self._n_batch, 0, 1)
-        self._memory = lib.llama_get_memory(ctx)
-
-    def close(self) -> None:
-        """Free the llama.cpp context (the model goes with the ``Llama`` object)."""
-        if getattr(self, "_ctx", None):
-            with self._step_lock:
-                self._lib.llama_batch_free(self._batch)
-                self._lib.llama_free(self._ctx)
-                self._ctx = None
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to free into
-            pass
 
     @classmethod
     def load(cls, model_path: Path, settings: ExplainerSettings, *,
@@ -298,19 +216,19 @@ class LlamaExplainer:
 
         if not model_path.is_file():
             raise ModelError(f"GGUF file not found: {model_path}")
+        # The same thread count for the prompt as for generation: llama-cpp-python's default for the
+        # prompt is every core, and with another busy process on a 2-core box its spinning threads made
+        # a 30-token prompt take seconds instead of 0.3 s (measured).
+        threads = settings.n_threads or max(1, (os.cpu_count() or 2) // 2)
         try:
-            # The Llama object serves the weights, the tokenizer and the chat template; its own context
-            # is left tiny, the explainer makes the one it decodes in (``_open_context``).
-            llm = Llama(model_path=str(model_path), n_ctx=64, n_batch=64, n_threads=1,
+            llm = Llama(model_path=str(model_path), n_ctx=settings.n_ctx, n_threads=threads, n_threads_batch=threads,
                         n_gpu_layers=settings.n_gpu_layers, seed=settings.seed, verbose=False)
-            return cls(llm, model_path, settings, cache=cache)
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"llama.cpp cannot load {model_path}: {exc}") from exc
+        return cls(llm, model_path, settings, cache=cache)
 
-    @property
-    def parallel(self) -> int:
-        """Posts explained at once: the context's sequences."""
-        return self.settings.sequences
+    #: One context explains one post at a time (``ExplainerPool`` runs several).
+    parallel = 1
 
     @property
     def scores_verdicts(self) -> bool:
@@ -321,88 +239,7 @@ class LlamaExplainer:
     def cache_hits(self) -> int:
         return self.cache.hits if self.cache is not None else 0
 
-    # -- the scheduler: every request's next tokens in one forward pass ---------------------------
-
-    def _run(self, requests: Sequence[_Request]) -> None:
-        """Queue ``requests`` and drive forward passes until every one is done."""
-        self._queue.extend(requests)
-        for request in requests:
-            while not request.done.is_set():
-                with self._step_lock:
-                    if not request.done.is_set():
-                        self._step()
-
-    def _ask(self, steps: Callable[[int], Generator[_Feed, np.ndarray | None, Any]]) -> Any:
-        request = _Request(steps)
-        self._run([request])
-        return request.outcome()
-
-    def _advance(self, request: _Request, logits: np.ndarray | None = None, error: BaseException | None = None) -> None:
-        try:
-            assert request.generator is not None
-            request.feed = request.generator.throw(error) if error is not None else request.generator.send(logits)
-            return
-        except StopIteration as stop:
-            request.value = stop.value
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller, which decides
-            request.error = exc
-        self._active.remove(request)
-        self._lib.llama_memory_seq_rm(self._memory, request.slot, -1, -1)
-        self._free_slots.append(request.slot)
-        request.done.set()
-
-    def _step(self) -> None:
-        """Admit queued requests into free sequences, then one forward pass over every active one."""
-        if self._ctx is None:
-            raise RuntimeError("the explainer is closed")
-        while self._queue and self._free_slots:
-            request = self._queue.popleft()
-            request.slot = self._free_slots.pop()
-            request.generator = request.steps(request.slot)
-            self._active.append(request)
-            self._advance(request)
-        if not self._active:
-            return
-        lib, batch = self._lib, self._batch
-        # A pass is either one request's prompt (several tokens) alone, or one next token of every request
-        # that decodes. llama.cpp splits a pass that mixes lengths into micro-batches of equal length per
-        # sequence, and a prompt split at another place scores differently in the last digits (measured);
-        # so a post's scores would depend on what else was in flight. Prompts and tokens take turns.
-        singles = [r for r in self._active if len(r.feed.tokens) == 1]
-        prompts = [r for r in self._active if len(r.feed.tokens) > 1]
-        self._prompt_turn = not self._prompt_turn
-        chosen = prompts[:1] if prompts and (self._prompt_turn or not singles) else singles
-        fed: list[tuple[_Request, int]] = []
-        n = 0
-        for request in chosen:
-            feed = request.feed
-            lib.llama_memory_seq_rm(self._memory, request.slot, feed.pos, -1)
-            for offset, token in enumerate(feed.tokens):
-                batch.token[n] = token
-                batch.pos[n] = feed.pos + offset
-                batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = request.slot
-                batch.logits[n] = False
-                n += 1
-            batch.logits[n - 1] = feed.logits
-            fed.append((request, n - 1))
-        batch.n_tokens = n
-        code = lib.llama_decode(self._ctx, batch)
-        if code != 0:
-            for request, _ in fed:
-                self._advance(request, error=RuntimeError(f"llama_decode failed ({code})"))
-            return
-        for request, last in fed:
-            logits = None
-            if request.feed.logits:
-                pointer = lib.llama_get_logits_ith(self._ctx, last)
-                if not pointer:
-                    self._advance(request, error=RuntimeError("llama.cpp returned no logits"))
-                    continue
-                logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
-            self._advance(request, logits)
-
-    # -- the prompt as tokens: a kept (task, label) prefix, then the post -------------------------
+    # -- the prompt as tokens: a cached (task, label) prefix, then the post ----------------------
 
     def _prompt_tokens(self, task: TaskDefinition, text: str, predicted_label: str) -> tuple[int, list[int]]:
         """(length of the shared prefix, all prompt tokens); the prefix is tokenised once per (task, label)."""
@@ -417,60 +254,70 @@ class LlamaExplainer:
         body = self._llm.tokenize(user_body(text).encode(), add_bos=False, special=False)
         return len(prefix), prefix + body + self._llm.tokenize(tail.encode(), add_bos=False, special=True)
 
-    def _restore(self, slot: int, key: tuple[str, str]) -> bool:
-        """Put the prefix's kept KV state into sequence ``slot``."""
+    def _load_prefix(self, key: tuple[str, str], prefix: list[int]) -> int:
+        """Put the prefix's kept KV state back; returns how many prompt tokens are now in the cache."""
         state = self._states[key]
+        lib, ctx = self._lib, self._llm.ctx
+        lib.llama_memory_seq_rm(lib.llama_get_memory(ctx), 0, -1, -1)
         buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
-        if self._lib.llama_state_seq_set_data(self._ctx, buffer, len(state), slot) != len(state):
+        if lib.llama_state_seq_set_data(ctx, buffer, len(state), 0) != len(state):
             self._states.pop(key)
-            self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
-            return False
+            lib.llama_memory_seq_rm(lib.llama_get_memory(ctx), 0, -1, -1)
+            self._llm.n_tokens = 0
+            return 0
         self._states.move_to_end(key)
+        self._llm.input_ids[: len(prefix)] = prefix
+        self._llm.n_tokens = len(prefix)
         self.usage.prefix_restores += 1
-        return True
+        return len(prefix)
 
-    def _keep(self, slot: int, key: tuple[str, str]) -> None:
-        size = self._lib.llama_state_seq_get_size(self._ctx, slot)
+    def _keep_prefix(self, key: tuple[str, str]) -> None:
+        lib, ctx = self._lib, self._llm.ctx
+        size = lib.llama_state_seq_get_size(ctx, 0)
         buffer = (ctypes.c_uint8 * size)()
-        if self._lib.llama_state_seq_get_data(self._ctx, buffer, size, slot) == size:
+        if lib.llama_state_seq_get_data(ctx, buffer, size, 0) == size:
             self._states[key] = bytes(buffer)
             while len(self._states) > PREFIX_STATES:
                 self._states.popitem(last=False)
 
-    def _read_prompt(self, slot: int, task: TaskDefinition, text: str, predicted_label: str):  # noqa: ANN202
-        """Steps that put the prompt in sequence ``slot``: the (task, label) prefix restored from its kept
-        state (or evaluated and kept), then the post, always evaluated whole from the prefix's end, so
-        the same question always gets the same scores. Returns (where the prompt ends, its logits). A
-        prompt that leaves less than ``MIN_ROOM`` tokens for the reply is a ``ValueError``."""
-        n_prefix, tokens = self._prompt_tokens(task, text, predicted_label)
-        if self._n_ctx_seq - len(tokens) < MIN_ROOM:
-            raise ValueError(f"a prompt of {len(tokens)} tokens leaves no room for the reply "
-                             f"in n_ctx={self._n_ctx_seq}")
-        key = (prompt_version(task), predicted_label)
-        if key in self._states and self._restore(slot, key):
-            self.usage.reused_tokens += n_prefix
-        else:
-            yield _Feed(tokens[:n_prefix], 0, logits=False)
-            self._keep(slot, key)
-            self.usage.prompt_tokens += n_prefix
-        self.usage.prompt_tokens += len(tokens) - n_prefix
-        logits = yield _Feed(tokens[n_prefix:], n_prefix)
-        return len(tokens), logits
+    def _feed_prompt(self, key: tuple[str, str], n_prefix: int, tokens: list[int]) -> None:
+        """Evaluate only what the KV cache lacks: reuse the common prefix, else restore or build it.
+
+        The post is always evaluated whole, from the end of the prefix, even when the cache holds more
+        of it: llama.cpp's logits differ in the last digits with how the tokens were split into
+        batches, and the verdict is read from them, so the same question always gets the same scores."""
+        llm = self._llm
+        cached = np.asarray(llm.input_ids[: min(llm.n_tokens, len(tokens), n_prefix)])
+        differ = np.flatnonzero(cached != np.asarray(tokens[: len(cached)], dtype=cached.dtype))
+        common = int(differ[0]) if differ.size else len(cached)
+        if common < n_prefix and key in self._states:
+            common = self._load_prefix(key, tokens[:n_prefix])
+        keep = min(common, len(tokens) - 1)  # at least one token is evaluated, for fresh logits
+        self.usage.reused_tokens += keep
+        self.usage.prompt_tokens += len(tokens) - keep
+        llm.n_tokens = keep  # llm.eval drops the KV cache from here on
+        if keep < n_prefix:
+            llm.eval(tokens[keep:n_prefix])
+            self._keep_prefix(key)
+            keep = n_prefix
+        llm.eval(tokens[keep:])
 
     # -- scoring the verdict options -------------------------------------------------------------
 
-    @staticmethod
-    def _logprobs(logits: np.ndarray) -> np.ndarray:
-        values = logits.astype(np.float64)
-        top = values.max()
-        return values - (top + np.log(np.exp(values - top).sum()))
+    def _next_logprobs(self) -> np.ndarray:
+        pointer = self._lib.llama_get_logits_ith(self._llm.ctx, -1)
+        if not pointer:
+            raise RuntimeError("llama.cpp returned no logits")
+        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)).astype(np.float64)
+        top = logits.max()
+        return logits - (top + np.log(np.exp(logits - top).sum()))
 
-    def _score(self, options: dict[str, list[int]], base: int, logits: np.ndarray):  # noqa: ANN202
-        """Steps giving the log-probability of each option's tokens from position ``base`` (``logits``
-        are the next token's): one forward pass for the first tokens, and one more token only where two
-        options share their first tokens."""
-        logp = self._logprobs(logits)
+    def _score(self, options: dict[str, list[int]], base: int) -> dict[str, float]:
+        """Log-probability of each option's tokens from position ``base`` (where the KV cache ends and
+        the next token's logits are fresh), up to where the options part: one forward pass for the
+        first tokens, and one more token only where two options share their first tokens. The
+        position is left at ``base`` (the caller evaluates from there)."""
+        logp = self._next_logprobs()
         groups: dict[int, dict[str, list[int]]] = {}
         for name, tokens in options.items():
             groups.setdefault(tokens[0], {})[name] = tokens[1:]
@@ -480,28 +327,37 @@ class LlamaExplainer:
             for name in rest:
                 scores[name] = float(logp[token])
             if len(longer) > 1:  # they part later: score what follows the shared token
-                following = yield _Feed([token], base)
-                for name, value in (yield from self._score(longer, base + 1, following)).items():
+                self._llm.n_tokens = base
+                self._llm.eval([token])
+                for name, value in self._score(longer, base + 1).items():
                     scores[name] += value
+        self._llm.n_tokens = base
         return scores
 
     def _option_tokens(self, task: TaskDefinition, predicted_label: str) -> dict[str, list[int]]:
         return {label: self._llm.tokenize(opening.encode(), add_bos=False, special=False)
                 for label, opening in verdict_options(task, predicted_label).items()}
 
-    def _scores_of(self, slot: int, task: TaskDefinition, text: str, predicted_label: str):  # noqa: ANN202
-        """Steps giving each label's verdict-option log-probability for ``text``, and where the prompt ends."""
-        end, logits = yield from self._read_prompt(slot, task, text, predicted_label)
-        return (yield from self._score(self._option_tokens(task, predicted_label), end, logits)), end
+    def _read_prompt(self, task: TaskDefinition, text: str, predicted_label: str) -> int:
+        """Put the prompt in the KV cache (``_feed_prompt``); returns where it ends. A prompt that leaves
+        less than ``MIN_ROOM`` tokens for the reply is a ``ValueError`` (an ``unverified`` result)."""
+        n_prefix, tokens = self._prompt_tokens(task, text, predicted_label)
+        if self._llm.n_ctx() - len(tokens) < MIN_ROOM:
+            raise ValueError(f"a prompt of {len(tokens)} tokens leaves no room for the reply "
+                             f"in n_ctx={self._llm.n_ctx()}")
+        self._feed_prompt((prompt_version(task), predicted_label), n_prefix, tokens)
+        return len(tokens)
 
-    def _prior(self, slot: int, task: TaskDefinition, predicted_label: str):  # noqa: ANN202
-        """Steps giving the mean log-probability of each verdict option over the content-free posts
-        (computed once per prompt version and label)."""
+    def _scores_of(self, task: TaskDefinition, text: str, predicted_label: str) -> tuple[dict[str, float], int]:
+        """Each label's verdict-option log-probability for ``text``, and where the prompt ends."""
+        end = self._read_prompt(task, text, predicted_label)
+        return self._score(self._option_tokens(task, predicted_label), end), end
+
+    def _prior(self, task: TaskDefinition, predicted_label: str) -> dict[str, float]:
+        """The mean log-probability of each verdict option over the content-free posts (computed once)."""
         key = (prompt_version(task), predicted_label)
         if key not in self._priors:
-            runs = []
-            for text in CONTENT_FREE:
-                runs.append((yield from self._scores_of(slot, task, text, predicted_label))[0])
+            runs = [self._scores_of(task, text, predicted_label)[0] for text in CONTENT_FREE]
             self._priors[key] = {label: float(np.mean([run[label] for run in runs])) for label in runs[0]}
         return self._priors[key]
 
@@ -533,10 +389,9 @@ class LlamaExplainer:
         weights = np.exp((logits[top] - logits[top].max()) / _RETRY_TEMPERATURE)
         return int(rng.choice(top, p=weights / weights.sum()))
 
-    def _decode(self, grammar_text: str | None, logits: np.ndarray, pos: int, *, retry: bool):  # noqa: ANN202
-        """Steps of greedy (or, on retry, sampled) tokens from position ``pos`` until the reply's end
-        (prompts.REPLY_END); the grammar is applied to the whole vocabulary only when the model's first
-        choice breaks it. The final token is never fed back for nothing."""
+    def _decode(self, grammar_text: str | None, *, max_tokens: int, retry: bool) -> str:
+        """Greedy (or, on retry, sampled) tokens until the reply's end (prompts.REPLY_END); the grammar
+        is applied to the whole vocabulary only when the model's first choice breaks it."""
         lib, llm = self._lib, self._llm
         rng = np.random.default_rng(self.settings.seed + 1) if retry else None
         grammar = None
@@ -546,7 +401,11 @@ class LlamaExplainer:
                 raise ValueError("llama.cpp rejected the output grammar")
         out: list[int] = []
         try:
-            for _ in range(min(MAX_TOKENS, self._n_ctx_seq - pos)):
+            for _ in range(max_tokens):
+                pointer = lib.llama_get_logits_ith(llm.ctx, -1)
+                if not pointer:
+                    raise RuntimeError("llama.cpp returned no logits")
+                logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
                 token = self._pick(logits, rng)
                 if grammar is not None and (self.grammar_every_token or not self._allows(grammar, token)):
                     self.usage.grammar_passes += 1
@@ -556,65 +415,57 @@ class LlamaExplainer:
                 if grammar is not None:
                     lib.llama_sampler_accept(grammar, token)
                 out.append(token)
-                if any(end in llm.detokenize([token]) for end in _END_BYTES):
-                    break
-                logits = yield _Feed([token], pos)
-                pos += 1
+                piece = llm.detokenize([token])
+                if any(end in piece for end in _END_BYTES):
+                    break  # the reply is whole: the last token is never fed back for nothing
+                llm.eval([token])
         finally:
             if grammar is not None:
                 lib.llama_sampler_free(grammar)
             self.usage.completion_tokens += len(out)
         return llm.detokenize(out).decode("utf-8", errors="replace")
 
-    def _decoded_steps(self, slot: int, task: TaskDefinition, text: str, predicted_label: str,
-                       grammar_text: str | None, *, retry: bool):  # noqa: ANN202
-        """The whole reply decoded (verdict_from=decoding, or unconstrained)."""
-        end, logits = yield from self._read_prompt(slot, task, text, predicted_label)
-        self.usage.calls += 1
-        return (yield from self._decode(grammar_text, logits, end, retry=retry)), None
+    def _generate(self, task: TaskDefinition, text: str, predicted_label: str, grammar_text: str | None,
+                  *, retry: bool) -> str:
+        with self._lock:
+            end = self._read_prompt(task, text, predicted_label)
+            self.usage.calls += 1
+            return self._decode(grammar_text, max_tokens=min(MAX_TOKENS, self._llm.n_ctx() - end), retry=retry)
 
-    def _scored_steps(self, slot: int, task: TaskDefinition, text: str, predicted_label: str, *,
-                      evidence_line: int | None, threshold: float, retry: bool):  # noqa: ANN202
+    def _generate_scored(self, task: TaskDefinition, text: str, predicted_label: str, *, evidence_line: int | None,
+                         threshold: float, retry: bool) -> tuple[str, Scored]:
         """The verdict from the model's calibrated scores of the options, then only the reason decoded
         (and the evidence line, when the classifier did not choose it)."""
-        prior = yield from self._prior(slot, task, predicted_label)
-        raw, end = yield from self._scores_of(slot, task, text, predicted_label)
-        self.usage.calls += 1
-        scored = Scored.of(raw, prior, predicted_label, threshold)
-        opening = verdict_options(task, predicted_label)[scored.label]
-        forced = opening if evidence_line is None else f"{opening} {evidence_line}:"
-        tokens = self._llm.tokenize(forced.encode(), add_bos=False, special=False)
-        logits = yield _Feed(tokens, end)
-        grammar = rest_grammar(text, with_line=evidence_line is None)
-        return forced + (yield from self._decode(grammar, logits, end + len(tokens), retry=retry)), scored
-
-    def _warm_steps(self, slot: int, task: TaskDefinition, label: str):  # noqa: ANN202
-        n_prefix, tokens = self._prompt_tokens(task, ".", label)
-        key = (prompt_version(task), label)
-        if key not in self._states:
-            yield _Feed(tokens[:n_prefix], 0, logits=False)
-            self._keep(slot, key)
-            self.usage.prompt_tokens += n_prefix
-        if self.scores_verdicts:
-            yield from self._prior(slot, task, label)
+        with self._lock:
+            prior = self._prior(task, predicted_label)
+            raw, end = self._scores_of(task, text, predicted_label)
+            self.usage.calls += 1
+            scored = Scored.of(raw, prior, predicted_label, threshold)
+            opening = verdict_options(task, predicted_label)[scored.label]
+            forced = opening if evidence_line is None else f"{opening} {evidence_line}:"
+            self._llm.n_tokens = end
+            self._llm.eval(self._llm.tokenize(forced.encode(), add_bos=False, special=False))
+            room = self._llm.n_ctx() - self._llm.n_tokens
+            grammar = rest_grammar(text, with_line=evidence_line is None)
+            return forced + self._decode(grammar, max_tokens=min(MAX_TOKENS, room), retry=retry), scored
 
     def warm(self, tasks: Sequence[TaskDefinition]) -> int:
-        """Evaluate and keep the prompt prefix of each (task, label) now (and, reading verdicts from
-        scores, its content-free prior), so that the first escalations of a fresh worker do not pay for
-        it (about 2 s each for a ~550-token prefix on 2 cores); at most ``PREFIX_STATES`` prefixes are
-        kept. Returns how many were built."""
-        wanted = []
-        for task in tasks:
-            for label in task.labels:
-                key = (prompt_version(task), label)
-                if key not in self._states and len(wanted) + len(self._states) < PREFIX_STATES:
-                    wanted.append((task, label))
-        requests = [_Request(lambda slot, t=task, lab=label: self._warm_steps(slot, t, lab))
-                    for task, label in wanted]
-        self._run(requests)
-        for request in requests:
-            request.outcome()
-        return len(requests)
+        """Evaluate and keep the prompt prefix of each (task, label) now, so that the first escalations of
+        a fresh worker do not pay for it (about 2 s each for a ~550-token prefix on 2 cores); at most
+        ``PREFIX_STATES`` prefixes are kept. Returns how many were built."""
+        built = 0
+        with self._lock:
+            for task in tasks:
+                for label in task.labels:
+                    key = (prompt_version(task), label)
+                    if key in self._states or len(self._states) >= PREFIX_STATES:
+                        continue
+                    n_prefix, tokens = self._prompt_tokens(task, ".", label)
+                    self._feed_prompt(key, n_prefix, tokens[: n_prefix + 1])
+                    if self.scores_verdicts:
+                        self._prior(task, label)
+                    built += 1
+        return built
 
     def explain(self, task: TaskDefinition, text: str, predicted_label: str, *, evidence_line: int | None = None,
                 threshold: float = 0.5) -> Explanation:
@@ -652,14 +503,11 @@ class LlamaExplainer:
         for attempt in (1, 2):
             scored = None
             try:
-                retry = attempt > 1
                 if self.scores_verdicts:
-                    reply, scored = self._ask(lambda slot, retry=retry: self._scored_steps(
-                        slot, task, text, predicted_label, evidence_line=evidence_line, threshold=threshold,
-                        retry=retry))
+                    reply, scored = self._generate_scored(task, text, predicted_label, evidence_line=evidence_line,
+                                                          threshold=threshold, retry=attempt > 1)
                 else:
-                    reply, _ = self._ask(lambda slot, retry=retry: self._decoded_steps(
-                        slot, task, text, predicted_label, grammar, retry=retry))
+                    reply = self._generate(task, text, predicted_label, grammar, retry=attempt > 1)
                 parsed = parse_reply(reply, task, text, predicted_label)
             except ReplyError as exc:
                 reasons.append(str(exc))
@@ -680,15 +528,15 @@ class LlamaExplainer:
         log.info("explanation unverified for task %s: %s", task.name, result.reason)
         return result, transient
 
+
 class ExplainerPool:
-    """``n_parallel`` llama.cpp contexts over one GGUF file, each explaining ``sequences`` posts at once.
+    """``n_parallel`` llama.cpp contexts over one GGUF file, each explaining one post at a time.
 
     On a CPU, two contexts with one thread each explain about 1.5x as many posts per second as one
-    context with two threads explaining one post (measured on 2 cores with SmolLM2-135M: 4.28 vs 2.92
-    explanations/s, the same verdicts): a small model's single-token steps are too short to keep two
-    threads busy. Batching several sequences in one context fills them too (bench_explainer.py
-    --layouts compares the layouts). The weights are memory-mapped once by the OS; each context keeps
-    its own KV cache and prompt prefixes. One cache serves all contexts, and a cache hit never waits.
+    context with two threads (measured on 2 cores with SmolLM2-135M: 4.28 vs 2.92 explanations/s, the
+    same verdicts): a small model's token steps are too short to keep two threads busy, two sequences
+    side by side are not. The weights are memory-mapped once by the OS; each context keeps its own KV
+    cache and prompt prefixes. One cache serves all contexts, and a cache hit never waits for a context.
     """
 
     def __init__(self, engines: Sequence[LlamaExplainer], *, cache: ExplanationCache | None):
@@ -700,10 +548,8 @@ class ExplainerPool:
         self.model_path, self.fingerprint, self.model_name = first.model_path, first.fingerprint, first.model_name
         self.settings = first.settings
         self._free: queue.SimpleQueue[LlamaExplainer] = queue.SimpleQueue()
-        for _ in range(max(engine.parallel for engine in self.engines)):  # interleaved: contexts fill evenly
-            for engine in self.engines:
-                if _ < engine.parallel:
-                    self._free.put(engine)
+        for engine in self.engines:
+            self._free.put(engine)
 
     @classmethod
     def load(cls, model_path: Path, settings: ExplainerSettings, *,
@@ -716,7 +562,7 @@ class ExplainerPool:
 
     @property
     def parallel(self) -> int:
-        return sum(engine.parallel for engine in self.engines)
+        return len(self.engines)
 
     @property
     def cache_hits(self) -> int:

@@ -241,11 +241,9 @@ def main() -> None:
     parser.add_argument("--gguf", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads, for generation and prompt alike")
     parser.add_argument("--n-ctx", type=int, default=4096)
-    parser.add_argument("--layouts", default="2x1x1,1x4x2,1x8x2",
-                        help="also run the pipeline's explainer (verdicts from scores) in these layouts, "
-                             "contexts x sequences x threads, beside verdicts decoded in 2x1x1 ('' = skip)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of the layout comparison")
-    parser.add_argument("--layouts-only", action="store_true", help="skip the table of contracts")
+    parser.add_argument("--pool", type=int, default=2,
+                        help="also run the pipeline's explainer with this many one-thread contexts in parallel "
+                             "(1 = skip)")
     parser.add_argument("--reviews", action="store_true",
                         help="the first --posts reviews of the shipped Druglib sample (benefits | side effects | "
                              "comments, a few hundred characters each) instead of the ten short posts")
@@ -265,6 +263,24 @@ def main() -> None:
         loaded.grammar_every_token = every_token
         return Explainer(loaded)
 
+    contracts = {
+        "json_schema": Completion(context(), json_messages,
+                                  lambda task, post, label: _json_grammar(task), json_valid),
+        "minimal_f1": Completion(context(), f1_messages, f1_grammar, f1_valid),
+        "unconstrained_f1": Completion(context(), f1_messages, lambda task, post, label: None, f1_valid),
+        "compact_sampler": Completion(context(), build_messages, build_grammar, compact_valid),
+        "compact_every": explainer(every_token=True, verdict_from="decoding"),
+        "compact_decoded": explainer(verdict_from="decoding"),
+        "compact": explainer(),
+        "compact_free": explainer(constrained=False),
+    }
+    names = list(contracts)
+    first = {}
+    for name, run in contracts.items():
+        start = time.perf_counter()
+        run(task, WARM_UP, task.labels[0])
+        first[name] = time.perf_counter() - start
+
     posts = POSTS
     if args.reviews:
         with open(SAMPLE, newline="", encoding="utf-8") as handle:
@@ -272,98 +288,59 @@ def main() -> None:
         posts = [" | ".join(row[k].strip() for k in ("benefitsReview", "sideEffectsReview", "commentsReview"))
                  for row in rows]
     cases = [(posts[i % len(posts)], task.labels[i % len(task.labels)]) for i in range(args.posts)]
-    n = len(cases)
-    if not args.layouts_only:
-        contracts = {
-            "json_schema": Completion(context(), json_messages,
-                                      lambda task, post, label: _json_grammar(task), json_valid),
-            "minimal_f1": Completion(context(), f1_messages, f1_grammar, f1_valid),
-            "unconstrained_f1": Completion(context(), f1_messages, lambda task, post, label: None, f1_valid),
-            "compact_sampler": Completion(context(), build_messages, build_grammar, compact_valid),
-            "compact_every": explainer(every_token=True, verdict_from="decoding"),
-            "compact_decoded": explainer(verdict_from="decoding"),
-            "compact": explainer(),
-            "compact_free": explainer(constrained=False),
-        }
-        names = list(contracts)
-        first = {}
-        for name, run in contracts.items():
+    times: dict[str, list[float]] = {name: [] for name in names}
+    counts = {name: [0, 0, 0] for name in names}  # valid, prompt tokens evaluated, completion tokens
+    for i, (post, predicted) in enumerate(cases):
+        for name in names[i % len(names):] + names[: i % len(names)]:
             start = time.perf_counter()
-            run(task, WARM_UP, task.labels[0])
-            first[name] = time.perf_counter() - start
+            ok, evaluated, generated = contracts[name](task, post, predicted)
+            times[name].append(time.perf_counter() - start)
+            for k, value in enumerate((ok, evaluated, generated)):
+                counts[name][k] += value
 
-        times: dict[str, list[float]] = {name: [] for name in names}
-        counts = {name: [0, 0, 0] for name in names}  # valid, prompt tokens evaluated, completion tokens
-        for i, (post, predicted) in enumerate(cases):
-            for name in names[i % len(names):] + names[: i % len(names)]:
-                start = time.perf_counter()
-                ok, evaluated, generated = contracts[name](task, post, predicted)
-                times[name].append(time.perf_counter() - start)
-                for k, value in enumerate((ok, evaluated, generated)):
-                    counts[name][k] += value
+    n = len(cases)
+    base = n / sum(times["json_schema"])
+    print(f"task {task.name}, {n} explanations per contract ({'Druglib reviews' if args.reviews else 'short posts'}, "
+          f"mean {statistics.mean(len(post) for post, _ in cases):.0f} characters), real prompts (rules + 2 examples), "
+          f"{args.threads} thread(s)")
+    print(f"{'contract':<19} {'expl/s':>7} {'valid':>6} {'tok/s':>6} {'p50 s':>6} {'first s':>8} "
+          f"{'prompt tok':>10} {'gen tok':>8} {'vs json':>8}")
+    for name in names:
+        total = sum(times[name])
+        valid, evaluated, generated = counts[name]
+        print(f"{name:<19} {n / total:7.2f} {valid / n:6.0%} {generated / total:6.1f} "
+              f"{statistics.median(times[name]):6.2f} {first[name]:8.2f} {evaluated / n:10.1f} "
+              f"{generated / n:8.1f} {n / total / base:7.2f}x")
 
-        base = n / sum(times["json_schema"])
-        print(f"task {task.name}, {n} explanations per contract ({'Druglib reviews' if args.reviews else 'short posts'}, "
-              f"mean {statistics.mean(len(post) for post, _ in cases):.0f} characters), real prompts (rules + 2 examples), "
-              f"{args.threads} thread(s)")
-        print(f"{'contract':<19} {'expl/s':>7} {'valid':>6} {'tok/s':>6} {'p50 s':>6} {'first s':>8} "
-              f"{'prompt tok':>10} {'gen tok':>8} {'vs json':>8}")
-        for name in names:
-            total = sum(times[name])
-            valid, evaluated, generated = counts[name]
-            print(f"{name:<19} {n / total:7.2f} {valid / n:6.0%} {generated / total:6.1f} "
-                  f"{statistics.median(times[name]):6.2f} {first[name]:8.2f} {evaluated / n:10.1f} "
-                  f"{generated / n:8.1f} {n / total / base:7.2f}x")
-
-    if args.layouts:
-        # The pipeline's explainer (ExplainerPool) in each layout, fed as many posts at a time as it has
-        # sequences (as the explain agent's concurrency does): the same work on the same cores. Each
-        # round runs every layout once, in a rotating order, so a noisy neighbour slows them alike.
+    if args.pool > 1:
+        # The pipeline's explainer with --pool contexts of one thread each, fed --pool posts at a time
+        # (as the explain agent's concurrency does); the other contracts above ran one post at a time
+        # with --threads threads, so this row is the same work on the same cores, in parallel.
         from concurrent.futures import ThreadPoolExecutor
 
         from monitor.explainer.llm import ExplainerPool
 
-        layouts = [("decoding", 2, 1, 1)] + [("scores", *map(int, layout.split("x")))
-                                             for layout in args.layouts.split(",")]
-        pools = {}
-        for verdict_from, contexts, sequences, threads in layouts:
-            pool = ExplainerPool.load(gguf, ExplainerSettings(n_ctx=args.n_ctx, n_threads=threads, n_parallel=contexts,
-                                                              sequences=sequences, verdict_from=verdict_from),
-                                      cache=None)
+        rates = {}
+        for verdict_from in ("decoding", "scores"):
+            pool = ExplainerPool.load(gguf, ExplainerSettings(n_ctx=args.n_ctx, n_threads=1, n_parallel=args.pool,
+                                                              verdict_from=verdict_from), cache=None)
             pool.warm([task])
-            pools[(verdict_from, contexts, sequences, threads)] = pool
-        spent = {layout: 0.0 for layout in pools}
-        results: dict[tuple, list] = {layout: [] for layout in pools}
-        tokens = {layout: [0, 0] for layout in pools}
-        order = list(pools)
-        for round_ in range(args.rounds):
-            for layout in order[round_ % len(order):] + order[: round_ % len(order)]:
-                pool = pools[layout]
-                before = pool.usage
-                start = time.perf_counter()
-                with ThreadPoolExecutor(max_workers=pool.parallel) as workers:
-                    results[layout] += list(workers.map(lambda case, pool=pool: pool.explain(task, *case), cases))
-                spent[layout] += time.perf_counter() - start
-                tokens[layout][0] += pool.usage.prompt_tokens - before.prompt_tokens
-                tokens[layout][1] += pool.usage.completion_tokens - before.completion_tokens
-        done = n * args.rounds
-        rate = {layout: done / spent[layout] for layout in pools}
-        baseline = layouts[0]
-        print(f"\nexplainer layouts (contexts x sequences x threads), {done} explanations each "
-              f"({args.rounds} rounds), vs verdicts decoded with 2 one-thread contexts:")
-        print(f"{'layout':<24} {'expl/s':>7} {'valid':>6} {'p50 s':>6} {'prompt tok':>10} {'gen tok':>8} "
-              f"{'vs decoded':>10}")
-        for layout in pools:
-            verdict_from, contexts, sequences, threads = layout
-            valid = sum(r.verdict != "unverified" and is_valid(r, task, post)
-                        for r, (post, _) in zip(results[layout], cases * args.rounds))
-            name = f"{'scores' if verdict_from == 'scores' else 'decoded'} {contexts}x{sequences}x{threads}"
-            print(f"{name:<24} {rate[layout]:7.2f} {valid / done:6.0%} "
-                  f"{statistics.median(r.latency_s for r in results[layout]):6.2f} {tokens[layout][0] / done:10.1f} "
-                  f"{tokens[layout][1] / done:8.1f} {rate[layout] / rate[baseline]:9.2f}x")
-        same = [layout for layout in pools if layout[0] == "scores"]
-        replies = {layout: [(r.verdict, r.label_scores, r.rationale) for r in results[layout]] for layout in same}
-        print("every scored layout gave the same replies:", all(v == replies[same[0]] for v in replies.values()))
+            before = pool.usage
+            start = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=args.pool) as workers:
+                results = list(workers.map(lambda case, pool=pool: pool.explain(task, *case), cases))
+            total = time.perf_counter() - start
+            valid = sum(r.verdict != "unverified" and is_valid(r, task, post) for r, (post, _) in zip(results, cases))
+            generated = pool.usage.completion_tokens - before.completion_tokens
+            rates[verdict_from] = n / total
+            name = f"{'compact' if verdict_from == 'scores' else 'decoded'} x{args.pool} ctx"
+            print(f"{name:<19} {n / total:7.2f} {valid / n:6.0%} {generated / total:6.1f} "
+                  f"{statistics.median(r.latency_s for r in results):6.2f} {'-':>8} "
+                  f"{(pool.usage.prompt_tokens - before.prompt_tokens) / n:10.1f} {generated / n:8.1f} "
+                  f"{n / total / base:7.2f}x")
+            del pool
+        print(f"verdicts from scores vs decoded, {args.pool} contexts: {rates['scores'] / rates['decoding']:.2f}x "
+              f"explanations/s")
 
 
 def _json_grammar(task: TaskDefinition) -> str:

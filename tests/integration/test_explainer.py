@@ -89,35 +89,6 @@ def test_a_pool_of_contexts_gives_the_single_context_verdicts_in_parallel(explai
     assert pool.explain(ADR, *cases[0]).cached and pool.usage.calls == calls  # a hit takes no context
 
 
-def test_sequences_batched_in_one_context_give_the_one_sequence_answers_to_the_last_digit(explainer: LlamaExplainer):
-    """Four posts in flight in one context (prompts and reply tokens of different posts sharing forward
-    passes, in whatever order the threads arrive) give exactly what one sequence gives: the same
-    scores, verdicts and reasons, and one long post that does not fit fails alone."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from monitor.explainer.llm import ExplainerPool
-
-    batched = ExplainerPool.load(default_gguf_path(), ExplainerSettings(n_parallel=1, sequences=4, n_threads=2),
-                                 cache=None)
-    assert batched.parallel == 4 and batched.model_name == explainer.model_name
-    cases = [(task, BASE_POSTS[i % len(BASE_POSTS)], task.labels[i % len(task.labels)], line)
-             for i, (task, line) in enumerate([(SENTIMENT, None), (ADR, 1), (SENTIMENT, 1), (ADR, None)] * 3)]
-    with ThreadPoolExecutor(max_workers=4) as workers:
-        together = list(workers.map(lambda c: batched.explain(c[0], c[1], c[2], evidence_line=c[3]), cases))
-    one = LlamaExplainer.load(default_gguf_path(), ExplainerSettings(n_threads=2), cache=None)
-    alone = [one.explain(task, post, label, evidence_line=line) for task, post, label, line in cases]
-    for a, b in zip(together, alone, strict=True):
-        assert a.model_dump(exclude={"latency_s"}) == b.model_dump(exclude={"latency_s"})
-    assert {r.verdict for r in together} <= {"confirm", "reject"}
-
-    tight = LlamaExplainer.load(default_gguf_path(), ExplainerSettings(n_ctx=1024, sequences=3), cache=None)
-    posts = [BASE_POSTS[0], "My inhaler. " * 400, BASE_POSTS[1]]  # the middle one is far over 1,024 tokens
-    with ThreadPoolExecutor(max_workers=3) as workers:
-        results = list(workers.map(lambda post: tight.explain(ADR, post, ADR.labels[1]), posts))
-    assert results[1].verdict == "unverified" and "no room" in results[1].reason
-    assert results[0].verdict in ("confirm", "reject") and results[2].verdict in ("confirm", "reject")
-
-
 def test_checking_the_grammar_only_when_needed_gives_the_same_replies():
     fast = LlamaExplainer.load(default_gguf_path(), ExplainerSettings(), cache=None)
     full = LlamaExplainer.load(default_gguf_path(), ExplainerSettings(), cache=None)
