@@ -7,7 +7,6 @@ Nothing here knows about models or files, except the ``plot_*`` functions, which
 from __future__ import annotations
 
 import math
-
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path

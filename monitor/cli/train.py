@@ -59,8 +59,11 @@ def print_card_summary(card: ModelCard, out: Path) -> None:
         compare = Table("member", f"validation {name}", f"test {name}", "test macro-F1", "test micro-F1", "test ECE",
                         title="what the folder holds, each with its own calibration and decision rule "
                               "(the best on validation serves)")
+        regularisation = card.data.get("stack", {}).get("lexical_regularisation", {}).get("chosen")
         for member, m in members.items():
             label = f"{member} (served)" if member == card.served else member
+            if member == "lexical" and regularisation:
+                label += f" [{regularisation}]"
             chosen = f"{on_validation[member]:.4f}" if member in on_validation else "-"
             compare.add_row(label, chosen, f"{m['task_metric']['value']:.4f}", f"{m['macro_f1']:.4f}",
                             f"{m['micro_f1']:.4f}", f"{m['ece']:.4f}")
