@@ -4,7 +4,8 @@
         --data monitor/demo_data/druglib_sample.tsv [--posts 3000] [--database URL]
 
 Needs the local services (``monitor services up``). In one run, on the same posts:
-1. ``model alone``: ``EncoderClassifier.predict_proba`` over the posts in batches of the worker's batch size,
+1. ``model alone``: each model folder's ``predict_proba`` (as ``runtime.load_classifier`` loads it: the encoder,
+   or a folder serving its lexical model alone) over the posts in batches of the worker's batch size,
    in this process with nothing else running (the ceiling);
 2. ``pipeline, saturated``: a classify and a persist worker process (the agents' real code) on fresh
    topics and a freshly migrated database; the posts are produced as fast as the producer goes, and
@@ -72,7 +73,7 @@ def main() -> None:  # noqa: PLR0915 - a benchmark script reads best top to bott
     from sqlalchemy import func, select
 
     from monitor.kafka import broker
-    from monitor.classifier import EncoderClassifier
+    from monitor.runtime import load_classifier
     from monitor.config import DatabaseSettings, KafkaSettings, Settings, TopicSettings
     from monitor.feed import RateLimiter
     from monitor.records import Post, encode_post
@@ -107,7 +108,7 @@ def main() -> None:  # noqa: PLR0915 - a benchmark script reads best top to bott
     # 1. the models alone: post-tasks per second, every model on every post
     spent = 0.0
     for folder in args.model:
-        classifier = EncoderClassifier.load(folder, settings.classifier.model_copy(update={"batch_size": args.batch_size}))
+        classifier = load_classifier(folder, settings.classifier.model_copy(update={"batch_size": args.batch_size}))
         classifier.predict_proba(texts[: args.batch_size])
         started = time.perf_counter()
         for i in range(0, len(texts), args.batch_size):
