@@ -2,7 +2,8 @@
 
 The evidence line comes from the model that decided (drop each line, see how far the predicted
 class's calibrated probability falls), so it is faithful whatever the LLM's quality. Cost: one
-batched pass of ``lines + 1`` texts per post, cheap for posts of a few lines.
+batched pass of ``lines`` texts per post (the classify path already has the whole post's
+probabilities), cheap for posts of a few lines.
 """
 
 from __future__ import annotations
@@ -57,37 +58,45 @@ def _predict_chunked(classifier: Classifier, texts: list[str], chunk: int) -> np
 
 
 def occlusion(classifier: Classifier, texts: Sequence[str], predicted: Sequence[int] | None = None, *,
-              chunk: int = 256) -> list[Attribution]:
+              whole: np.ndarray | None = None, chunk: int = 256) -> list[Attribution]:
     """Each post's per-line drop of its predicted class's probability, and the line that drops it most.
 
-    Every whole and every occluded variant of every post goes through ``predict_proba`` together, in
-    ``ceil(sum(lines + 1) / chunk)`` calls; when ``predicted`` is None it is ``decide`` on the wholes'
-    rows of that same pass, so deciding costs no extra call.
+    Every occluded variant of every post goes through ``predict_proba`` together, in chunks of at most
+    ``chunk`` texts, each distinct text once (a one-line post's variant, "", is shared). ``whole``: the
+    probabilities the caller already has for the posts themselves (the classify path's own), so they
+    are not computed again; else the wholes go in the same pass. When ``predicted`` is None it is
+    ``decide`` on the wholes' rows, so deciding costs no extra call.
     """
     if chunk < 1:
         raise ValueError(f"chunk must be at least 1, got {chunk}")
     if predicted is not None and len(predicted) != len(texts):
         raise ValueError(f"{len(predicted)} predicted labels for {len(texts)} texts")
+    if whole is not None and len(whole) != len(texts):
+        raise ValueError(f"{len(whole)} rows of probabilities for {len(texts)} texts")
     if not texts:
         return []
     per_post = [post_lines(text) for text in texts]
-    batch: list[str] = []
-    starts: list[int] = []
+    distinct: dict[str, int] = {}
+    rows: list[list[int]] = []  # per post: its whole's row (or -1, given), then each variant's
     for lines in per_post:
-        starts.append(len(batch))
-        batch.extend(_variants(lines))
-    probabilities = _predict_chunked(classifier, batch, chunk)
+        variants = _variants(lines)
+        if whole is not None:
+            variants = variants[1:]
+        indices = [distinct.setdefault(variant, len(distinct)) for variant in variants]
+        rows.append(indices if whole is None else [-1, *indices])
+    computed = _predict_chunked(classifier, list(distinct), chunk)
+    wholes = np.asarray(whole, dtype=float) if whole is not None else computed[[r[0] for r in rows]]
     if predicted is None:
-        predicted = [int(i) for i in classifier.decide(probabilities[starts])]
+        predicted = [int(i) for i in classifier.decide(wholes)]
     n_labels = len(classifier.labels)
     out: list[Attribution] = []
-    for lines, start, label in zip(per_post, starts, predicted, strict=True):
+    for post, (lines, indices, label) in enumerate(zip(per_post, rows, predicted, strict=True)):
         if not 0 <= label < n_labels:
             raise ValueError(f"predicted index {label} outside the {n_labels} labels")
-        column = probabilities[start:start + len(lines) + 1, label]
-        drops = tuple(round(float(column[0] - without), _DIGITS) for without in column[1:])
+        baseline = float(wholes[post, label])
+        drops = tuple(round(baseline - float(computed[row, label]), _DIGITS) for row in indices[1:])
         out.append(Attribution(lines=len(lines), scores=drops, evidence_line=int(np.argmax(drops)) + 1,
-                               baseline=round(float(column[0]), _DIGITS)))
+                               baseline=round(baseline, _DIGITS)))
     return out
 
 

@@ -351,13 +351,20 @@ class EncoderClassifier:
                 rows, encoded = pending.result() if pending is not None else prepare(chunk)
                 if pool is not None and k + 1 < len(chunks):
                     pending = pool.submit(prepare, chunks[k + 1])
+                # Texts that encode alike (repeats; occlusion variants that differ only where the
+                # truncation cuts) go through the model once.
+                distinct: dict[tuple[int, ...], int] = {}
+                which = [distinct.setdefault(tuple(e), len(distinct)) for e in encoded]
+                inputs = [list(ids) for ids in distinct]
                 order, results = [], []
-                for batch in length_sorted_batches([len(e) for e in encoded], self.batch_size):
-                    ids, mask = self._tensors([encoded[i] for i in batch])
+                for batch in length_sorted_batches([len(e) for e in inputs], self.batch_size):
+                    ids, mask = self._tensors([inputs[i] for i in batch])
                     results.append(self.model(input_ids=ids.to(self.device, non_blocking=True),
                                               attention_mask=mask.to(self.device, non_blocking=True)).logits)
-                    order.extend(rows[i] for i in batch)
-                out[order] = torch.cat(results).float().cpu().numpy()
+                    order.extend(batch)
+                computed = np.empty((len(inputs), len(self.labels)), dtype=np.float32)
+                computed[order] = torch.cat(results).float().cpu().numpy()
+                out[list(rows)] = computed[which]
         return out
 
     def _pool(self) -> ThreadPoolExecutor:

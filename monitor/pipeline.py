@@ -80,7 +80,8 @@ def classify_batch(posts: Sequence[Post], models: Sequence[TaskModel], classifie
         # batched pass over the escalated posts' lines), so it is faithful whatever the LLM is.
         escalated = [row for row, reason in enumerate(reasons) if reason is not None]
         attributions = dict(zip(escalated, occlusion(classifier, [texts[row] for row in escalated],
-                                                     [int(best[row]) for row in escalated]), strict=True))
+                                                     [int(best[row]) for row in escalated],
+                                                     whole=probs[escalated]), strict=True))
         for row, post in enumerate(posts):
             reason = reasons[row]
             attribution = attributions.get(row)

@@ -51,6 +51,24 @@ def test_overlapped_tokenising_gives_the_same_logits_in_the_same_order(tiny_mode
     np.testing.assert_allclose(alone[0], inline[7], rtol=1e-4, atol=1e-4)
 
 
+def test_texts_that_encode_alike_go_through_the_model_once(tiny_model: Path, texts):
+    classifier = _load(tiny_model, dtype="float32")
+    seen: list[int] = []
+    hook = classifier.model.register_forward_hook(lambda _m, args, kwargs, _out: seen.append(
+        kwargs["input_ids"].shape[0]), with_kwargs=True)
+    # Two long posts that differ only in the middle, which the card's truncation cuts (head+tail or head).
+    start, end = texts[0] + " " + "filler words " * 300, " closing words" * 300
+    batch = [texts[1], texts[2], texts[1], start + " one middle " + end, start + " another middle " + end, texts[2]]
+    try:
+        logits = classifier.encoder_logits(batch)  # the encoder's (a stack's lexical member reads whole posts)
+    finally:
+        hook.remove()
+    assert sum(seen) == 3  # texts[1], texts[2] and the long post (its two middles never reach the model)
+    np.testing.assert_array_equal(logits[0], logits[2])
+    np.testing.assert_array_equal(logits[3], logits[4])
+    np.testing.assert_allclose(logits[:2], classifier.encoder_logits(batch[:2]), rtol=1e-5, atol=1e-5)
+
+
 def test_bf16_weights_keep_the_fp32_labels(tiny_model: Path, texts):
     fp32 = _load(tiny_model, dtype="float32")
     bf16 = _load(tiny_model, dtype="bfloat16")

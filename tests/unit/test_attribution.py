@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from monitor.attribution import Attribution, faithfulness, occlusion
+from monitor.attribution import Attribution, _variants, faithfulness, occlusion
 from monitor.explainer.prompts import post_lines
 
 _KEYWORDS = re.compile(r"\b(rash|nausea|dizzy|headache)\b", re.IGNORECASE)
@@ -85,7 +85,7 @@ POSTS = [
 @pytest.mark.parametrize("explicit", [False, True])
 def test_posts_are_batched_in_bounded_chunks_and_come_back_in_order(explicit):
     chunk = 4
-    total = sum(len(post_lines(post)) + 1 for post in POSTS)
+    total = len({text for post in POSTS for text in _variants(post_lines(post))})  # each distinct text once
     alone = [occlusion(KeywordClassifier(), [post])[0] for post in POSTS]
     predicted = [1, 1, 0, 0, 1] if explicit else None
     classifier = KeywordClassifier()
@@ -96,6 +96,19 @@ def test_posts_are_batched_in_bounded_chunks_and_come_back_in_order(explicit):
     assert sum(len(call) for call in classifier.calls) == total
     assert batched == alone
     assert [a.evidence_line for a in batched][4] == 2  # "dizzy" and "headache" tie: the first wins
+
+
+def test_the_callers_own_probabilities_of_the_whole_posts_are_not_computed_again():
+    posts = POSTS[:3] + [POSTS[4]]
+    own = KeywordClassifier().predict_proba(posts)
+    classifier = KeywordClassifier()
+    given = occlusion(classifier, posts, [1, 1, 0, 1], whole=own)
+    asked = [text for call in classifier.calls for text in call]
+    assert not set(posts) & set(asked)  # no whole post went through the model
+    assert len(asked) == len(set(asked)) == len({t for p in posts for t in _variants(post_lines(p))[1:]})
+    assert given == occlusion(KeywordClassifier(), posts, [1, 1, 0, 1])
+    with pytest.raises(ValueError, match="rows of probabilities"):
+        occlusion(KeywordClassifier(), posts, whole=own[:2])
 
 
 def test_one_line_post_is_scored_against_the_empty_text():
@@ -147,7 +160,7 @@ def test_chosen_line_moves_the_model_more_than_a_random_one():
     assert result.mean_drop_chosen > result.mean_drop_random
     assert result.chosen_beats_random > 0.5
     # Only occlusion's pass: no forward pass for the random lines.
-    assert len(classifier.calls) == math.ceil(sum(len(post_lines(p)) + 1 for p in posts) / 16)
+    assert len(classifier.calls) == math.ceil(len({t for p in posts for t in _variants(post_lines(p))}) / 16)
     assert faithfulness(KeywordClassifier(), posts, seed=13, chunk=16) == result
     assert faithfulness(KeywordClassifier(), posts, seed=14, chunk=16).mean_drop_chosen == DROP
 
