@@ -76,25 +76,25 @@ def occlusion(classifier: Classifier, texts: Sequence[str], predicted: Sequence[
     if not texts:
         return []
     per_post = [post_lines(text) for text in texts]
-    distinct: dict[str, int] = {}
-    rows: list[list[int]] = []  # per post: its whole's row (or -1, given), then each variant's
+    distinct: dict[str, int] = {}  # each text to predict, and its row
+    whole_rows: list[int] = []  # per post, when the caller gave no ``whole``
+    variant_rows: list[list[int]] = []  # per post, its line-dropped variants' rows
     for lines in per_post:
-        variants = _variants(lines)
-        if whole is not None:
-            variants = variants[1:]
-        indices = [distinct.setdefault(variant, len(distinct)) for variant in variants]
-        rows.append(indices if whole is None else [-1, *indices])
+        first, *variants = _variants(lines)
+        if whole is None:
+            whole_rows.append(distinct.setdefault(first, len(distinct)))
+        variant_rows.append([distinct.setdefault(variant, len(distinct)) for variant in variants])
     computed = _predict_chunked(classifier, list(distinct), chunk)
-    wholes = np.asarray(whole, dtype=float) if whole is not None else computed[[r[0] for r in rows]]
+    wholes = np.asarray(whole, dtype=float) if whole is not None else computed[whole_rows]
     if predicted is None:
         predicted = [int(i) for i in classifier.decide(wholes)]
     n_labels = len(classifier.labels)
     out: list[Attribution] = []
-    for post, (lines, indices, label) in enumerate(zip(per_post, rows, predicted, strict=True)):
+    for post, (lines, rows, label) in enumerate(zip(per_post, variant_rows, predicted, strict=True)):
         if not 0 <= label < n_labels:
             raise ValueError(f"predicted index {label} outside the {n_labels} labels")
         baseline = float(wholes[post, label])
-        drops = tuple(round(baseline - float(computed[row, label]), _DIGITS) for row in indices[1:])
+        drops = tuple(round(baseline - float(computed[row, label]), _DIGITS) for row in rows)
         out.append(Attribution(lines=len(lines), scores=drops, evidence_line=int(np.argmax(drops)) + 1,
                                baseline=round(baseline, _DIGITS)))
     return out

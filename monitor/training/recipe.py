@@ -137,6 +137,10 @@ class Head:
     calibration: Calibration
     decision: DecisionRule
 
+    def scored(self, logits: np.ndarray, gold: np.ndarray, score: Any) -> float:
+        """``score`` (``metric_scorer``) of the labels this head serves for ``logits``."""
+        return float(score(self.decision.apply(self.calibration.apply(logits)), gold))
+
     def report(self, task: TaskDefinition, logits: np.ndarray, gold: Sequence[str]) -> Report:
         probs = self.calibration.apply(logits)
         return report_for(task, gold, probs, predicted=[task.labels[i] for i in self.decision.apply(probs)])
@@ -165,7 +169,7 @@ def fit_lexical_member(task: TaskDefinition, train: Sequence[Example], val: Sequ
     for setting, model in zip(REGULARISATION_GRID, models, strict=True):
         log_proba = model.log_proba(val_texts)
         head = fit_head(task, log_proba, val_gold, tuned_for, dtype="float64", seed=seed)
-        value = float(score(head.decision.apply(head.calibration.apply(log_proba)), val_gold))
+        value = head.scored(log_proba, val_gold, score)
         tried[setting.name()] = round(value, 6)
         if best is None or value > best[0] + 1e-9:
             best = (value, setting, model, head, log_proba)
@@ -324,7 +328,7 @@ def train_model(
                                   seed=data_options.seed)
             members["stack"] = stack_head.report(task, stack_test, test_gold).as_dict()
             candidates["stack"] = (stack_head, fitted.oof_logits, stack_test)
-    validation_scores = {name: float(score(head.decision.apply(head.calibration.apply(logits)), val_gold))
+    validation_scores = {name: head.scored(logits, val_gold, score)
                          for name, (head, logits, _) in candidates.items()}
     chosen = choose_member(validation_scores) if serve == "best" else serve
     if chosen not in candidates:  # a stack asked for, but validation was too small to fit one

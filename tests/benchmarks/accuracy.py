@@ -130,6 +130,10 @@ def main() -> int:
     machine = (f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs); device {args.device}; encoder all-MiniLM-L6-v2; "
                f"max length {args.max_length}, at most {args.epochs} epochs, training subsample "
                f"{args.train_subsample or 'none (the whole training split)'}.")
+    def training_minutes(rows: list[dict]) -> float:
+        # One training gives the full recipe's row, the stack's and the default's: counted once.
+        return sum(r["seconds"] for r in rows if r["variant"] not in (STACKED, "default")) / 60
+
     for name in [t.strip() for t in args.tasks.split(",")]:
         data = TASKS[name]
         if not data.exists():
@@ -143,8 +147,7 @@ def main() -> int:
             finished = plots_dir / name / "ablation.json"  # the rows this document was written from
         if args.reuse and finished.exists():  # a run cut off resumes at the next task
             rows = json.loads(finished.read_text())["rows"]
-            # One training gives the full recipe's row, the stack's and the default's: counted once.
-            minutes = sum(r["seconds"] for r in rows if r["variant"] not in (STACKED, "default")) / 60
+            minutes = training_minutes(rows)
             console.print(f"{name}: reusing {finished}")
         else:
             started = time.monotonic()
@@ -160,7 +163,7 @@ def main() -> int:
                 kept = [r for r in payload["rows"] if r["variant"] not in ran]
                 rows = sorted(rows + kept, key=lambda r: VARIANTS.index(r["variant"]))
                 write_ablation(rows, task, payload["data"], payload["finetune_config"], args.out / name)
-                minutes = sum(r["seconds"] for r in rows if r["variant"] not in (STACKED, "default")) / 60
+                minutes = training_minutes(rows)
                 console.print(f"{name}: rows {', '.join(sorted(ran))} measured now, "
                               f"{', '.join(r['variant'] for r in kept)} kept from {previous}")
         console.print(ablation_markdown(rows, task))
