@@ -7,10 +7,15 @@ one the explainer must look at; explain turns a ``Case`` into a ``Decision``; pe
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from monitor.records import Explanation, Post, Prediction
+
+#: An escalation's place in the explanation budget, decided where it was classified: ``admitted``
+#: (already charged: the explainer must not charge it again) or ``over_budget`` (not to be explained).
+Admission = Literal["admitted", "over_budget"]
 
 
 class Case(BaseModel):
@@ -25,6 +30,9 @@ class Case(BaseModel):
     #: the predicted class's probability most, and each line's drop (``monitor.attribution``).
     evidence_line: int | None = None
     evidence_scores: tuple[float, ...] | None = None
+    #: Escalated cases: the budget's answer where the case was classified; None where no budget was
+    #: applied there (the explain stage charges its own).
+    admission: Admission | None = None
     classified_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     received_at: datetime | None = Field(None, description="when the post arrived on the posts topic")
 

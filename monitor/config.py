@@ -317,7 +317,9 @@ class ExplainerSettings(_Section):
         None, ge=0.0, le=1.0, description="Escalation threshold; unset = each model card's own (chosen on validation)"
     )
     verify_signals: bool = Field(False, description="Also escalate every predicted health-signal label (the ALEX rule)")
-    budget_per_s: float = Field(1.0, gt=0, description="Explanations per second the LLM may be asked for (per worker)")
+    budget_per_s: float = Field(1.0, gt=0, description="Explanations per second the LLM may be asked for, per "
+                                "classify worker (admitted as posts are classified; over it, an escalation keeps the "
+                                "classifier's label, marked over_budget, and costs no occlusion)")
     max_wait_s: float = Field(60.0, gt=0, description="An escalation queued longer than this is not explained (backlog bound)")
 
 

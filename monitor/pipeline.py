@@ -12,14 +12,17 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+import numpy as np
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor import telemetry
 from monitor.attribution import occlusion
-from monitor.cases import Case, Decision
+from monitor.cases import Admission, Case, Decision
 from monitor.explainer.policy import Candidate, ExplanationBudget, Policy, apply_verdict, escalation_reason
 from monitor.explainer.prompts import prompt_version
 from monitor.explainer.support import check_rationale
@@ -53,14 +56,33 @@ class BatchResult:
             self.rows[table] = self.rows.get(table, 0) + count
 
 
+class _Scored(NamedTuple):
+    """One task's model on a batch, before admission and evidence."""
+
+    model: TaskModel
+    classifier: Classifier
+    probs: np.ndarray
+    best: np.ndarray
+    candidates: list[Candidate]
+    reasons: list[str | None]
+
+
 def classify_batch(posts: Sequence[Post], models: Sequence[TaskModel], classifiers: Mapping[str, Classifier],
-                   policy: Policy, *, received_at: Sequence[datetime | None] | None = None) -> list[Case]:
-    """Every model on the whole batch, task after task; the policy picks which predictions to escalate."""
-    cases: list[Case] = []
+                   policy: Policy, *, received_at: Sequence[datetime | None] | None = None,
+                   budget: ExplanationBudget | None = None) -> list[Case]:
+    """Every model on the whole batch, task after task; the policy picks which predictions to escalate.
+
+    With a ``budget``, each escalation is admitted here, before its evidence is computed: one that
+    finds the budget spent goes on marked ``over_budget`` (the explainer will not be asked, so its
+    occlusion would be wasted). Admission goes post by post, each post's tasks in turn, so no task
+    takes the whole budget because it comes first. Without one, every escalation gets its evidence
+    and the explain stage charges its own budget.
+    """
     texts = [p.text for p in posts]
     arrived = list(received_at) if received_at is not None else [None] * len(posts)
     if posts:
         telemetry.BATCH_SIZE.observe(len(posts))
+    scored: list[_Scored] = []
     for model in models:
         task = model.task.name
         classifier = classifiers[task]
@@ -76,9 +98,20 @@ def classify_batch(posts: Sequence[Post], models: Sequence[TaskModel], classifie
         # chosen on validation, and the rate of explanations by the budget).
         reasons = [escalation_reason(c, policy, threshold=threshold, signal_labels=model.task.signal_labels)
                    for c in candidates]
+        scored.append(_Scored(model, classifier, probs, best, candidates, reasons))
+    admission: dict[tuple[int, int], Admission] = {}
+    if budget is not None:
+        for row in range(len(posts)):
+            for t, task_scores in enumerate(scored):
+                if task_scores.reasons[row] is not None:
+                    admission[t, row] = "admitted" if budget.try_take() else "over_budget"
+    cases: list[Case] = []
+    for t, (model, classifier, probs, best, candidates, reasons) in enumerate(scored):
+        task, labels = model.task.name, classifier.labels
         # The evidence of an escalated case is chosen by the classifier that decided (occlusion, one
         # batched pass over the escalated posts' lines), so it is faithful whatever the LLM is.
-        escalated = [row for row, reason in enumerate(reasons) if reason is not None]
+        escalated = [row for row, reason in enumerate(reasons)
+                     if reason is not None and admission.get((t, row)) != "over_budget"]
         attributions = dict(zip(escalated, occlusion(classifier, [texts[row] for row in escalated],
                                                      [int(best[row]) for row in escalated],
                                                      whole=probs[escalated]), strict=True))
@@ -95,6 +128,7 @@ def classify_batch(posts: Sequence[Post], models: Sequence[TaskModel], classifie
             if reason is not None:
                 telemetry.ESCALATIONS.labels(task, reason).inc()
             cases.append(Case(post=post, prediction=prediction, escalation=reason, received_at=arrived[row],
+                              admission=admission.get((t, row)),
                               evidence_line=attribution.evidence_line if attribution else None,
                               evidence_scores=attribution.scores if attribution else None))
         telemetry.record_gpu_memory(classifier.device, classifier.device_memory_bytes())
@@ -138,13 +172,16 @@ def explain_case(case: Case, model: TaskModel, explainer: Explainer, budget: Exp
     """Ask the explainer (within budget) and apply its verdict as the task's mode allows.
 
     Over budget, or queued longer than ``max_wait_s`` (the LLM has fallen behind), the case keeps
-    its classifier label and is marked ``over_budget``: a backlog never grows without bound.
+    its classifier label and is marked ``over_budget``: a backlog never grows without bound. A case
+    admitted where it was classified is not charged again; one found over budget there is not asked.
     """
     predicted = case.prediction.label
     task = model.task.name
     waited = ((now or datetime.now(UTC)) - case.classified_at).total_seconds()
     stale = max_wait_s is not None and waited > max_wait_s
-    if stale or (budget is not None and not budget.try_take()):
+    spent = case.admission == "over_budget" or (
+        case.admission is None and budget is not None and not budget.try_take())
+    if stale or spent:
         why = f"queued {waited:.0f} s, over the {max_wait_s:.0f} s limit" if stale else "the budget was exhausted"
         explanation = Explanation(verdict="over_budget", predicted_label=predicted,
                                   reason=f"not explained: {why}",
@@ -283,7 +320,9 @@ def process_batch(posts: Sequence[Post], runtime: Runtime, *, run: str = LIVE_RU
     this; the agents use its parts. Without an explainer nothing is escalated; without a database
     nothing is stored."""
     by_task, explainer = runtime.models, runtime.explainer
-    cases = classify_batch(posts, runtime.task_models, runtime.classifiers, runtime.policy)
+    # Admitted to the budget as they are classified, so nothing over it pays for its evidence.
+    cases = classify_batch(posts, runtime.task_models, runtime.classifiers, runtime.policy,
+                           budget=runtime.budget if explainer is not None else None)
     if explainer is None:  # nothing will explain them: stored as decided by the classifier, not as escalated
         cases = [c if c.escalation is None else c.model_copy(update={
             "escalation": None, "prediction": c.prediction.model_copy(update={"escalated": False})}) for c in cases]

@@ -127,6 +127,9 @@ class Runtime:
             runtime.classifiers = load_classifiers(models, settings)
         if runtime.explainer is not None:
             runtime.explainer.warm([m.task for m in models])  # the prompt prefixes now, not on the first posts
+        if runtime.explainer is not None or "classify" in wanted:
+            # Charged where escalations are admitted: as they are classified (before their evidence is
+            # computed), or by the explain stage for cases that come to it unadmitted.
             runtime.budget = ExplanationBudget(settings.explainer.budget_per_s)
         if "persist" in wanted:
             runtime.factory = open_database(settings, migration)

@@ -36,7 +36,9 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
                     partition=message.partition, offset=message.offset)
         if posts:
             cases = await resources.run("classify", classify_batch, posts, runtime.task_models, runtime.classifiers,
-                                        runtime.policy, received_at=[when for _, when in owners])
+                                        runtime.policy, received_at=[when for _, when in owners],
+                                        budget=runtime.budget)
+            telemetry.BUDGET_TOKENS.set(runtime.budget.available() if runtime.budget else 0)
             resources.observe_labels(cases)
             per_post = len(runtime.models)
             for i, (event, _) in enumerate(owners):  # classify_batch returns the posts' cases task by task

@@ -1,4 +1,7 @@
-"""posts.escalated -> explain (within the budget, one post per llama.cpp context at a time) -> posts.explained."""
+"""posts.escalated -> explain (within the budget, one post per llama.cpp context at a time) -> posts.explained.
+
+The budget is charged where cases are classified; only a case that comes unadmitted (a redelivered
+orphan) is charged here, and one that came over budget is passed on unexplained."""
 
 from __future__ import annotations
 
@@ -28,7 +31,6 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
                                        max_wait_s=settings.explainer.max_wait_s)
         finally:
             telemetry.EXPLAINER_QUEUE.dec()
-            telemetry.BUDGET_TOKENS.set(runtime.budget.available() if runtime.budget else 0)
 
     async def handle(events) -> None:  # noqa: ANN001
         fresh = [e for e in events if position(e) not in decided]

@@ -93,3 +93,28 @@ def test_a_rationale_naming_what_the_post_lacks_is_flagged_and_counted():
     flagged = explain_case(_case(age_s=1), model, invented, None).explanation
     assert set(flagged.unsupported) == {"40", "zoloft", "dizziness"}
     assert telemetry.UNSUPPORTED.labels(TASK.name)._value.get() == before + 1  # noqa: SLF001
+
+
+def test_a_case_admitted_where_it_was_classified_is_not_charged_again():
+    explainer = RecordingExplainer()
+    model = TaskModel(Path("m"), TASK, CARD, verdicts_shown=True)
+    spent = ExplanationBudget(1.0, burst=1, clock=lambda: 0.0)
+    assert spent.try_take()  # nothing left
+    admitted = _case(age_s=1).model_copy(update={"admission": "admitted"})
+    decision = explain_case(admitted, model, explainer, spent, max_wait_s=60)
+    assert explainer.asked == 1 and decision.explanation.verdict == "reject"
+
+
+def test_a_case_found_over_budget_where_it_was_classified_is_not_asked_nor_charged():
+    explainer = RecordingExplainer()
+    model = TaskModel(Path("m"), TASK, CARD, mode="correct", verdicts_shown=True)
+    budget = ExplanationBudget(1.0, burst=1, clock=lambda: 0.0)
+    over = _case(age_s=1).model_copy(update={"admission": "over_budget"})
+    decision = explain_case(over, model, explainer, budget, max_wait_s=60)
+    assert explainer.asked == 0 and budget.available() == 1.0
+    assert decision.explanation.verdict == "over_budget" and "budget" in decision.explanation.reason
+    assert (decision.final_label, decision.decided_by) == ("no_severe_adr", "classifier")
+    # a stale case is refused as stale, whatever its admission
+    stale = explain_case(_case(age_s=120).model_copy(update={"admission": "admitted"}), model, explainer, budget,
+                         max_wait_s=60)
+    assert explainer.asked == 0 and "queued" in stale.explanation.reason
