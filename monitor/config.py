@@ -321,6 +321,9 @@ class ExplainerSettings(_Section):
                                 "classify worker (admitted as posts are classified; over it, an escalation keeps the "
                                 "classifier's label, marked over_budget, and costs no occlusion)")
     max_wait_s: float = Field(60.0, gt=0, description="An escalation queued longer than this is not explained (backlog bound)")
+    nice: int = Field(10, ge=0, le=19, description="CPU niceness of an explain worker process: the LLM is best-effort "
+                      "and yields a shared machine's cores to classification, its backlog bounded by MAX_WAIT_S "
+                      "(0 = the same priority as the other roles)")
 
 
 class PrivacySettings(_Section):

@@ -4,6 +4,7 @@ these; started alone, one per container, it serves its own /metrics, /livez and 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = Settings()
+        if args.role == "explain" and settings.explainer.nice:
+            # Best-effort: on a machine it shares with classify, the LLM takes the cores classification
+            # leaves (escalations it cannot reach in time are stored unexplained, max_wait_s).
+            os.nice(settings.explainer.nice)
         reporter = HealthReporter(args.health_file, args.role)
         if not telemetry.multiprocess_enabled():
             # Started alone (a container): serve our own /metrics and probes, from before the models
