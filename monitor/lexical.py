@@ -12,9 +12,13 @@ the same options, then sublinear tf, idf and L2 normalisation, as ``TfidfVectori
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from itertools import chain, repeat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,12 +52,67 @@ class Regularisation:
 REGULARISATION_GRID = tuple(Regularisation(c, weight) for weight in (None, "balanced") for c in (4.0, 1.0, 16.0))
 
 
-def _counter(options: dict, vocabulary: Sequence[str] | None = None, max_features: int | None = None):
+def _counter(options: dict, max_features: int | None = None):
     from sklearn.feature_extraction.text import CountVectorizer
 
-    if vocabulary is not None:
-        return CountVectorizer(vocabulary={term: i for i, term in enumerate(vocabulary)}, **options)
     return CountVectorizer(min_df=2, max_features=max_features, **options)
+
+
+class _TermCounts:
+    """Each text's n-gram counts for one view, by scikit-learn's own analyzer; the last few batches
+    are kept, so the lexical models of every task (the classify path asks each of them about the same
+    batch) analyse a batch once. Only batches of at most ``max_texts`` are kept (a training or
+    evaluation set is analysed once per call and let go). Thread-safe; a pure function's memo."""
+
+    def __init__(self, keep: int = 4, max_texts: int = 512):
+        import threading
+        from collections import OrderedDict
+
+        self._analyzers: dict[str, Any] = {}
+        self._kept: OrderedDict[tuple[str, tuple[str, ...]], list[Counter[str]]] = OrderedDict()
+        self._keep, self._max_texts = keep, max_texts
+        self._lock = threading.Lock()
+
+    def __call__(self, view: str, options: dict, texts: tuple[str, ...]) -> list[Counter[str]]:
+        key = (view, texts)
+        with self._lock:
+            if (hit := self._kept.get(key)) is not None:
+                self._kept.move_to_end(key)
+                return hit
+            analyze = self._analyzers.get(view)
+        if analyze is None:
+            analyze = _counter(options).build_analyzer()
+        counts = [Counter(analyze(text)) for text in texts]
+        with self._lock:
+            self._analyzers[view] = analyze
+            if len(texts) > self._max_texts:
+                return counts
+            self._kept[key] = counts
+            while len(self._kept) > self._keep:
+                self._kept.popitem(last=False)
+        return counts
+
+
+_TERM_COUNTS = _TermCounts()
+
+
+def count_matrix(counts: Sequence[Counter[str]], index: dict[str, int]):  # noqa: ANN201 - a scipy CSR matrix
+    """The term-count matrix of ``counts`` over a vocabulary (term -> column), terms outside it
+    dropped: what ``CountVectorizer(vocabulary=...).transform`` gives, each distinct term looked up once
+    (in C, through ``map``)."""
+    from scipy.sparse import csr_matrix
+
+    lengths = [len(row) for row in counts]
+    total, look_up = sum(lengths), index.get
+    columns = np.fromiter(chain.from_iterable(map(look_up, row, repeat(-1)) for row in counts), dtype=np.int64,
+                          count=total)
+    values = np.fromiter(chain.from_iterable(row.values() for row in counts), dtype=np.int64, count=total)
+    rows = np.repeat(np.arange(len(counts), dtype=np.int64), lengths)
+    known = columns >= 0
+    matrix = csr_matrix((values[known], (rows[known], columns[known])), shape=(len(counts), len(index)),
+                        dtype=np.int64)
+    matrix.sort_indices()
+    return matrix
 
 
 def full_coefficients(regression, labels: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
@@ -127,15 +186,20 @@ class LexicalModel:
             models.append(cls(tuple(labels), vocabularies, idf, *full_coefficients(regression, len(labels))))
         return models
 
+    @cached_property
+    def _columns(self) -> dict[str, dict[str, int]]:
+        """Each view's term -> column, built once per loaded model (not per batch)."""
+        return {name: {term: i for i, term in enumerate(self.vocabularies.get(name) or [])} for name, _, _ in VIEWS}
+
     def features(self, texts: Sequence[str]):  # noqa: ANN201 - a scipy CSR matrix
         from scipy.sparse import csr_matrix, hstack
 
-        blocks = []
+        blocks, batch = [], tuple(texts)
         for name, options, _ in VIEWS:
-            vocabulary = self.vocabularies.get(name) or []
-            if not vocabulary:
+            if not self.vocabularies.get(name):
                 continue
-            blocks.append(_tfidf(_counter(options, vocabulary).transform(texts), self.idf[name]))
+            counts = count_matrix(_TERM_COUNTS(name, options, batch), self._columns[name])
+            blocks.append(_tfidf(counts, self.idf[name]))
         return hstack(blocks).tocsr() if blocks else csr_matrix((len(texts), 0))
 
     def log_proba(self, texts: Sequence[str]) -> np.ndarray:

@@ -128,3 +128,40 @@ def test_a_grid_shares_one_vocabulary_and_each_entry_fits_as_alone():
     assert (fitted[1].log_proba(texts)[:, 1] > fitted[0].log_proba(texts)[:, 1]).all()
     assert not np.allclose(fitted[2].log_proba(texts), fitted[0].log_proba(texts))
     assert REGULARISATION_GRID[0] == Regularisation()  # the plain default is tried first and wins ties
+
+
+ODD = ["", "   ", "RASH rash Rash!!", "naïve café — ½ dose 😷 rash", "rash " * 50, "zzzz qqqq unseen words",
+       "the side effects were terrible, constant nausea"]
+
+
+@pytest.mark.parametrize("view", [name for name, _, _ in VIEWS])
+def test_term_counts_over_a_vocabulary_equal_scikit_learns_counts(view):
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    from monitor.lexical import _TermCounts, count_matrix
+
+    options = dict(next(o for name, o, _ in VIEWS if name == view))
+    vocabulary = _fitted().vocabularies[view]
+    index = {term: i for i, term in enumerate(vocabulary)}
+    expected = CountVectorizer(vocabulary=index, **options).transform(ODD)
+    got = count_matrix(_TermCounts()(view, options, tuple(ODD)), index)
+    assert got.shape == expected.shape and got.has_sorted_indices
+    assert (got != expected).nnz == 0 and got.nnz == expected.nnz > 0
+
+
+def test_a_batch_is_analysed_once_for_every_model_and_large_sets_are_not_kept():
+    from monitor.lexical import _TermCounts
+
+    counts = _TermCounts(keep=2, max_texts=3)
+    options = dict(VIEWS[0][1])
+    first = counts("word", options, ("a rash", "no rash"))
+    assert counts("word", options, ("a rash", "no rash")) is first  # the second model's call: no new analysis
+    assert counts("char", dict(VIEWS[1][1]), ("a rash", "no rash")) is not first  # another view, its own
+    big = ("a", "b", "c", "d")
+    assert counts("word", options, big) is not counts("word", options, big)  # over max_texts: not kept
+    counts("word", options, ("x",))
+    counts("word", options, ("y",))
+    assert counts("word", options, ("a rash", "no rash")) is not first  # pushed out after `keep` newer batches
+    # the features of two models on one batch equal each model's on its own
+    model = _fitted()
+    np.testing.assert_array_equal(model.features(ODD).toarray(), _fitted().features(list(ODD)).toarray())
