@@ -149,6 +149,9 @@ def test_over_a_thousand_posts_and_malformed_records_through_every_role_counted_
         assert sorted(ids) == sorted(p.id for p in posts)
         assert signal_labels <= {"social_anxiety"}
         assert verdicts.get("over_budget", 0) > 0
+        # The LLM is best-effort: the explain process runs MONITOR_EXPLAINER__NICE (10) below the others.
+        niceness = _role_niceness(workers.pid)
+        assert niceness["explain"] - niceness["classify"] == 10 and niceness["persist"] == niceness["classify"]
 
         # What Prometheus scraped from the workers' one endpoint equals what was processed.
         url = server.url
@@ -180,6 +183,20 @@ def test_over_a_thousand_posts_and_malformed_records_through_every_role_counted_
         letter.reason for letter in letters}
     # Same key, same partition: the dead letters keep the order and the exact bytes of the originals.
     assert [letter.original for letter in letters] == bad
+
+
+def _role_niceness(supervisor: int) -> dict[str, int]:
+    """Each role process's niceness, read from /proc (field 19 of stat) for the supervisor's children."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(fields[1]) == supervisor and b"--role" in cmdline:
+            found[cmdline[cmdline.index(b"--role") + 1].decode()] = int(fields[16])
+    return found
 
 
 @pytest.mark.slow
