@@ -9,11 +9,13 @@ machine:
   truncation=True, max_length=<the card's max_length>)``, float32, arrival order, as a user would run
   it (the issue's goal: the classify path >= 2x of it on CPU);
 - ``model only``: the auto-chosen weights on pre-tokenised, length-sorted, pre-padded tensors: nothing
-  but forward passes, the ceiling (goal: the classify path >= 0.9x of it);
+  but forward passes (and, for a stacked folder, its lexical member on pre-normalised texts), the
+  ceiling (goal: the classify path >= 0.9x of it);
 - ``classify path``: ``monitor.pipeline.classify_batch`` as the classify agent calls it (one micro-batch
   of ``--posts`` posts: normalise, char pre-cut, length grouping, tokenise, forward, calibrate, policy,
-  Prediction records) with ``dtype=auto``; the tuning is measured at load into a fresh cache file
-  (``--tuning-cache`` to reuse one) and printed;
+  Prediction records, and the occlusion evidence of each escalation the explanation budget admits,
+  ``MONITOR_EXPLAINER__BUDGET_PER_S`` as configured) with ``dtype=auto``; the tuning is measured at load
+  into a fresh cache file (``--tuning-cache`` to reuse one) and printed;
 - ``predict_proba <dtype>``: ``EncoderClassifier.predict_proba`` with each dtype set explicitly
   (int8 on CPU only, whether or not the model's int8 check passed), to show what auto chose from;
   on CPU also the auto weights with the next batch tokenised during the forward pass (off by default
@@ -42,11 +44,12 @@ def main() -> None:
     from transformers import pipeline
 
     from monitor.classifier import EncoderClassifier, pad_batch
-    from monitor.config import ClassifierSettings
+    from monitor.config import ClassifierSettings, Settings
     from monitor.corpus import load_examples
     from monitor.cpu_tuning import read_cpu_identity
-    from monitor.encoding import length_sorted_batches
-    from monitor.explainer.policy import Policy
+    from monitor.encoding import length_sorted_batches, normalise_text
+    from monitor.lexical import LEXICAL_CHARS
+    from monitor.explainer.policy import ExplanationBudget, Policy
     from monitor.model_card import read_card
     from monitor.pipeline import classify_batch
     from monitor.records import Post
@@ -91,14 +94,24 @@ def main() -> None:
     tensors = [tuple(t.to(device) for t in pad_batch([encoded[i] for i in b], pad_id))
                for b in length_sorted_batches([len(e) for e in encoded], args.batch_size)]
 
+    # A stack's lexical member is part of the model: its features and regression, on texts cut and
+    # normalised beforehand (more than the lexical memo keeps, so every run computes them).
+    lexical_texts = [normalise_text(t)[:LEXICAL_CHARS] for t in texts] if classifier.lexical is not None else []
+
     def model_only(n: int) -> None:
         with torch.inference_mode():
             for ids, mask in tensors[:n]:
                 classifier.model(input_ids=ids, attention_mask=mask).logits.float().cpu()
         sync()
+        if lexical_texts:
+            classifier.lexical.log_proba(lexical_texts[: n * args.batch_size])
+
+    budget = ExplanationBudget(Settings().explainer.budget_per_s)  # as the classify worker admits escalations
+    admitted: list[tuple[int, int]] = []
 
     def classify_path(n: int) -> None:
-        classify_batch(posts[:n], models, {task.name: classifier}, policy)
+        cases = classify_batch(posts[:n], models, {task.name: classifier}, policy, budget=budget)
+        admitted.append((sum(c.escalation is not None for c in cases), sum(c.admission == "admitted" for c in cases)))
         sync()
 
     paths: dict[str, Callable[[int], None]] = {}
@@ -107,7 +120,7 @@ def main() -> None:
                         batch_size=args.batch_size)
         paths["transformers pipeline (float32)"] = lambda n: pipe(texts[:n], batch_size=args.batch_size,
                                                                   truncation=True, max_length=card.max_length)
-    paths[f"model only ({classifier.dtype})"] = model_only
+    paths[f"model only ({classifier.dtype}{' + lexical member' if lexical_texts else ''})"] = model_only
     paths[f"classify path (auto: {classifier.dtype})"] = classify_path
     measured = classifier.tuning.rates if classifier.tuning is not None else {}
     skipped = []
@@ -122,7 +135,8 @@ def main() -> None:
 
     if device == "cpu" and not classifier.overlap_tokenize:  # off by default on CPU: show what it would do
         overlapped = EncoderClassifier(classifier.model, classifier.tokenizer, card, device=device,
-                                       batch_size=args.batch_size, overlap_tokenize=True, weights=classifier.weights)
+                                       batch_size=args.batch_size, overlap_tokenize=True, weights=classifier.weights,
+                                       lexical=classifier.lexical)
         paths[f"predict_proba {classifier.dtype}, overlapped tokenising"] = \
             lambda n: overlapped.predict_proba(texts[:n])
     size = {name: len(tensors) if name.startswith("model only") else len(texts) for name in paths}
@@ -145,6 +159,9 @@ def main() -> None:
                   f"max {max(lengths)}; {args.repeats} alternating runs, median")
     if classifier.tuning is not None:
         console.print(f"auto chose {classifier.tuning.describe()}; load incl. tuning {load_s:.1f}s")
+    escalated, occluded = admitted[-1]
+    console.print(f"classify path: {escalated} of {len(texts)} posts escalated, {occluded} admitted by the budget "
+                  f"({budget.rate:g}/s) and given occlusion evidence (last run)")
     if skipped:
         console.print(f"not run in full, over 3x slower in the load-time measurement: {', '.join(skipped)}")
     table = Table("path", "posts/s", "classify path / this")
