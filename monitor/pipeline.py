@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 import numpy as np
-
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor import telemetry
