@@ -12,7 +12,8 @@ the same options, then sublinear tf, idf and L2 normalisation, as ``TfidfVectori
 
 from __future__ import annotations
 
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -65,9 +66,6 @@ class _TermCounts:
     evaluation set is analysed once per call and let go). Thread-safe; a pure function's memo."""
 
     def __init__(self, keep: int = 4, max_texts: int = 512):
-        import threading
-        from collections import OrderedDict
-
         self._analyzers: dict[str, Any] = {}
         self._kept: OrderedDict[tuple[str, tuple[str, ...]], list[Counter[str]]] = OrderedDict()
         self._keep, self._max_texts = keep, max_texts
@@ -208,10 +206,15 @@ class LexicalModel:
         scores -= scores.max(axis=1, keepdims=True)
         return scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
 
-    def read_posts(self, texts: Sequence[str]) -> np.ndarray:
-        """``log_proba`` of posts as they arrive: normalised as the training rows were, and cut at
+    @staticmethod
+    def prepare(texts: Sequence[str]) -> list[str]:
+        """Posts as the model reads them: normalised as the training rows were, and cut at
         ``LEXICAL_CHARS`` (a 1 MB post never reaches the n-gram counter whole)."""
-        return self.log_proba([normalise_text(t)[:LEXICAL_CHARS] for t in texts])
+        return [normalise_text(t)[:LEXICAL_CHARS] for t in texts]
+
+    def read_posts(self, texts: Sequence[str]) -> np.ndarray:
+        """``log_proba`` of posts as they arrive (``prepare``d first)."""
+        return self.log_proba(self.prepare(texts))
 
     def save(self, folder: Path) -> Path:
         path = folder / LEXICAL_FILE

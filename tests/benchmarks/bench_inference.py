@@ -47,8 +47,7 @@ def main() -> None:
     from monitor.config import ClassifierSettings, Settings
     from monitor.corpus import load_examples
     from monitor.cpu_tuning import read_cpu_identity
-    from monitor.encoding import length_sorted_batches, normalise_text
-    from monitor.lexical import LEXICAL_CHARS
+    from monitor.encoding import length_sorted_batches
     from monitor.explainer.policy import ExplanationBudget, Policy
     from monitor.model_card import read_card
     from monitor.pipeline import classify_batch
@@ -96,7 +95,7 @@ def main() -> None:
 
     # A stack's lexical member is part of the model: its features and regression, on texts cut and
     # normalised beforehand (more than the lexical memo keeps, so every run computes them).
-    lexical_texts = [normalise_text(t)[:LEXICAL_CHARS] for t in texts] if classifier.lexical is not None else []
+    lexical_texts = classifier.lexical.prepare(texts) if classifier.lexical is not None else []
 
     def model_only(n: int) -> None:
         with torch.inference_mode():
