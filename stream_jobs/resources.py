@@ -96,7 +96,8 @@ def build_resources(settings: Settings, roles: tuple[str, ...], *, health: Healt
     return Resources(
         settings=settings,
         runtime=runtime,
-        executor=ThreadPoolExecutor(max_workers=max(2, settings.explainer.n_parallel + 1),
+        # One thread per reply the explainer can decode at once (contexts x sequences), and one more.
+        executor=ThreadPoolExecutor(max_workers=max(2, settings.explainer.n_parallel * settings.explainer.sequences + 1),
                                     thread_name_prefix="monitor-worker"),
         health=health or HealthReporter(None, "+".join(roles)),
         faults=FaultPlan(fail_batch_stage=settings.faults.fail_batch_stage,

@@ -19,6 +19,7 @@ for three measured reasons (tests/benchmarks/bench_explainer.py):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -28,10 +29,11 @@ import queue
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from collections.abc import Sequence
+import weakref
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +142,7 @@ class Usage:
     completion_tokens: int = 0
     grammar_passes: int = 0  # tokens where the model's own choice broke the grammar
     prefix_restores: int = 0
+    steps: int = 0  # llama.cpp decodes of replies (several side by side count once)
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,56 @@ class Scored:
         return cls(p_confirm, max(others)[1], probabilities)
 
 
+@dataclass(eq=False)
+class _Request:
+    """One explanation asked of a context: what is asked, its attempts so far, and where the answer goes
+    (``(explanation, transient)``)."""
+
+    task: TaskDefinition
+    text: str
+    label: str
+    evidence_line: int | None
+    threshold: float
+    future: Future = field(default_factory=Future)
+    attempt: int = 1
+    reasons: list[str] = field(default_factory=list)
+    transient: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(eq=False)
+class _Slot:
+    """A reply being decoded in its own llama.cpp sequence, after its verdict was read from scores."""
+
+    seq: int
+    request: _Request
+    scored: Scored
+    forced: str
+    pending: list[int]  # tokens to feed at the next step, from ``position`` on
+    position: int
+    limit: int  # tokens the reason may take
+    grammar: Any
+    rng: np.random.Generator | None
+    out: list[int] = field(default_factory=list)
+
+
+def _with_streams(llm: Any, sequences: int) -> None:
+    """Give ``llm`` a context of ``sequences`` sequences, each in its own KV stream of ``llm``'s n_ctx
+    cells (llama-cpp-python's ``Llama`` makes a one-sequence context); the weights are not loaded again.
+
+    A sequence's logits then depend on its own cells only: sequence 0 reads every prompt exactly as a
+    one-sequence context would (measured: identical logits), whatever the others hold. A unified cache
+    would not do: with other sequences' cells in it, the same prompt's logits differed by up to 0.5."""
+    from llama_cpp import _internals
+
+    params = type(llm.context_params).from_buffer_copy(llm.context_params)
+    params.n_seq_max, params.kv_unified, params.n_ctx = sequences, False, llm.context_params.n_ctx * sequences
+    single = llm._ctx
+    llm._ctx = llm._stack.enter_context(contextlib.closing(
+        _internals.LlamaContext(model=llm._model, params=params, verbose=False)))
+    single.close()
+
+
 class LlamaExplainer:
     """Asks a local GGUF model whether the classifier's label is right, under the output contract."""
 
@@ -188,6 +241,12 @@ class LlamaExplainer:
         decoded = "" if settings.verdict_from == "scores" else "/decoded"
         self.model_name = f"{model_path.name}#{self.fingerprint[:8]}{decoded}"
         self.usage = Usage()
+        #: Replies decoded side by side (verdicts from scores only; decoded verdicts go one at a time).
+        self.sequences = settings.sequences if self.scores_verdicts else 1
+        self._n_ctx = settings.n_ctx  # per sequence
+        self._capacity = llm.n_batch  # >= settings.sequences: a step feeds one token per sequence
+        self._batch = llama_cpp.llama_batch_init(self._capacity, 0, 1)
+        weakref.finalize(self, llama_cpp.llama_batch_free, self._batch)
         #: Apply the grammar to the whole vocabulary at every token, as llama.cpp's sampler does: slower,
         #: and at temperature 0 the same reply (the integration tests check that).
         self.grammar_every_token = False
@@ -223,6 +282,8 @@ class LlamaExplainer:
         try:
             llm = Llama(model_path=str(model_path), n_ctx=settings.n_ctx, n_threads=threads, n_threads_batch=threads,
                         n_gpu_layers=settings.n_gpu_layers, seed=settings.seed, verbose=False)
+            if settings.sequences > 1 and settings.constrained and settings.verdict_from == "scores":
+                _with_streams(llm, settings.sequences + 1)  # 0 reads prompts, 1..N decode replies
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"llama.cpp cannot load {model_path}: {exc}") from exc
         return cls(llm, model_path, settings, cache=cache)
@@ -295,12 +356,12 @@ class LlamaExplainer:
         keep = min(common, len(tokens) - 1)  # at least one token is evaluated, for fresh logits
         self.usage.reused_tokens += keep
         self.usage.prompt_tokens += len(tokens) - keep
-        llm.n_tokens = keep  # llm.eval drops the KV cache from here on
+        llm.n_tokens = keep  # _eval drops sequence 0's cells from here on
         if keep < n_prefix:
-            llm.eval(tokens[keep:n_prefix])
+            self._eval(tokens[keep:n_prefix])
             self._keep_prefix(key)
             keep = n_prefix
-        llm.eval(tokens[keep:])
+        self._eval(tokens[keep:])
 
     # -- scoring the verdict options -------------------------------------------------------------
 
@@ -328,7 +389,7 @@ class LlamaExplainer:
                 scores[name] = float(logp[token])
             if len(longer) > 1:  # they part later: score what follows the shared token
                 self._llm.n_tokens = base
-                self._llm.eval([token])
+                self._eval([token])
                 for name, value in self._score(longer, base + 1).items():
                     scores[name] += value
         self._llm.n_tokens = base
@@ -342,9 +403,9 @@ class LlamaExplainer:
         """Put the prompt in the KV cache (``_feed_prompt``); returns where it ends. A prompt that leaves
         less than ``MIN_ROOM`` tokens for the reply is a ``ValueError`` (an ``unverified`` result)."""
         n_prefix, tokens = self._prompt_tokens(task, text, predicted_label)
-        if self._llm.n_ctx() - len(tokens) < MIN_ROOM:
+        if self._n_ctx - len(tokens) < MIN_ROOM:
             raise ValueError(f"a prompt of {len(tokens)} tokens leaves no room for the reply "
-                             f"in n_ctx={self._llm.n_ctx()}")
+                             f"in n_ctx={self._n_ctx}")
         self._feed_prompt((prompt_version(task), predicted_label), n_prefix, tokens)
         return len(tokens)
 
@@ -418,7 +479,7 @@ class LlamaExplainer:
                 piece = llm.detokenize([token])
                 if any(end in piece for end in _END_BYTES):
                     break  # the reply is whole: the last token is never fed back for nothing
-                llm.eval([token])
+                self._eval([token])
         finally:
             if grammar is not None:
                 lib.llama_sampler_free(grammar)
@@ -427,27 +488,225 @@ class LlamaExplainer:
 
     def _generate(self, task: TaskDefinition, text: str, predicted_label: str, grammar_text: str | None,
                   *, retry: bool) -> str:
-        with self._lock:
-            end = self._read_prompt(task, text, predicted_label)
-            self.usage.calls += 1
-            return self._decode(grammar_text, max_tokens=min(MAX_TOKENS, self._llm.n_ctx() - end), retry=retry)
+        end = self._read_prompt(task, text, predicted_label)
+        self.usage.calls += 1
+        return self._decode(grammar_text, max_tokens=min(MAX_TOKENS, self._n_ctx - end), retry=retry)
 
-    def _generate_scored(self, task: TaskDefinition, text: str, predicted_label: str, *, evidence_line: int | None,
-                         threshold: float, retry: bool) -> tuple[str, Scored]:
-        """The verdict from the model's calibrated scores of the options, then only the reason decoded
-        (and the evidence line, when the classifier did not choose it)."""
+    # -- replies decoded side by side (verdicts from scores) --------------------------------------
+
+    def _fill(self, entries: Sequence[tuple[int, Sequence[int], int]], *, logits: Sequence[bool] | None = None
+              ) -> list[int]:
+        """The batch: each (sequence, tokens, first position), with logits for each entry's last token
+        (where ``logits`` says so); returns the batch rows of the entries' last tokens."""
+        batch, rows, n = self._batch, [], 0
+        for k, (seq, tokens, first) in enumerate(entries):
+            for i, token in enumerate(tokens):
+                batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, first + i, 1
+                batch.seq_id[n][0] = seq
+                batch.logits[n] = i == len(tokens) - 1 and (logits is None or logits[k])
+                n += 1
+            rows.append(n - 1)
+        batch.n_tokens = n
+        return rows
+
+    def _eval(self, tokens: Sequence[int]) -> None:
+        """``tokens`` into sequence 0 (where prompts are read) from ``llm.n_tokens`` on, dropping what
+        sequence 0 held from there; ``llm.eval`` would drop every sequence's cells."""
+        lib, llm = self._lib, self._llm
+        lib.llama_memory_seq_rm(lib.llama_get_memory(llm.ctx), 0, llm.n_tokens, -1)
+        for start in range(0, len(tokens), self._capacity):
+            chunk = list(tokens[start:start + self._capacity])
+            self._fill([(0, chunk, llm.n_tokens)])
+            self._run_batch()
+            llm.input_ids[llm.n_tokens:llm.n_tokens + len(chunk)] = chunk
+            llm.n_tokens += len(chunk)
+
+    def _run_batch(self) -> None:
+        code = self._lib.llama_decode(self._llm.ctx, self._batch)
+        if code != 0:
+            raise RuntimeError(f"llama_decode returned {code}")
+
+    def _admit(self, request: _Request, seq: int) -> _Slot:
+        """Read the prompt in sequence 0, take the verdict from the calibrated scores, and copy the
+        prompt to sequence ``seq`` (its own stream), which decodes the forced opening and then the reason."""
+        task, text, label = request.task, request.text, request.label
+        lib, llm = self._lib, self._llm
+        prior = self._prior(task, label)
+        raw, end = self._scores_of(task, text, label)
+        self.usage.calls += 1
+        scored = Scored.of(raw, prior, label, request.threshold)
+        opening = verdict_options(task, label)[scored.label]
+        forced = opening if request.evidence_line is None else f"{opening} {request.evidence_line}:"
+        forced_tokens = llm.tokenize(forced.encode(), add_bos=False, special=False)
+        memory = lib.llama_get_memory(llm.ctx)
+        lib.llama_memory_seq_rm(memory, 0, end, -1)  # the option tokens scored past the prompt
+        if seq != 0:
+            lib.llama_memory_seq_rm(memory, seq, -1, -1)
+            lib.llama_memory_seq_cp(memory, 0, seq, -1, -1)  # the whole stream: the prompt
+        grammar = lib.llama_sampler_init_grammar(
+            self._vocab, rest_grammar(text, with_line=request.evidence_line is None).encode(), b"root")
+        if not grammar:
+            raise ValueError("llama.cpp rejected the output grammar")
+        rng = np.random.default_rng(self.settings.seed + 1) if request.attempt > 1 else None
+        return _Slot(seq=seq, request=request, scored=scored, forced=forced, pending=forced_tokens, position=end,
+                     limit=max(0, min(MAX_TOKENS, self._n_ctx - end - len(forced_tokens))), grammar=grammar, rng=rng)
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.seq != 0:  # sequence 0's reply goes when the next prompt is read
+            self._lib.llama_memory_seq_rm(self._lib.llama_get_memory(self._llm.ctx), slot.seq, -1, -1)
+        if slot.grammar is not None:
+            self._lib.llama_sampler_free(slot.grammar)
+            slot.grammar = None
+        self.usage.completion_tokens += len(slot.out)
+
+    def _next_token(self, slot: _Slot, row: int) -> int:
+        """The slot's next token from the logits at batch row ``row``: the model's own choice unless it
+        breaks the grammar (then the best the grammar allows)."""
+        pointer = self._lib.llama_get_logits_ith(self._llm.ctx, row)
+        if not pointer:
+            raise RuntimeError("llama.cpp returned no logits")
+        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+        token = self._pick(logits, slot.rng)
+        if self.grammar_every_token or not self._allows(slot.grammar, token):
+            self.usage.grammar_passes += 1
+            token = self._pick(self._mask(slot.grammar, logits), slot.rng)
+        return token
+
+    def _step(self, slots: dict[int, _Slot], waiting: deque[_Request]) -> None:
+        """One llama.cpp decode for every reply in progress (the weights are read once for all): each
+        takes its next token; a finished reply is parsed and answered.
+
+        Several sequences go in as one token each, in the order of their ids: llama.cpp splits a batch
+        whose sequences differ in length, or come out of order, into several passes (measured: twice
+        the time). So a reply's forced opening is fed a token a step, beside the others' tokens."""
+        chosen = sorted(slots.values(), key=lambda slot: slot.seq)
+        self.usage.steps += 1
+        feeds = [slot.pending if len(chosen) == 1 else slot.pending[:1] for slot in chosen]
+        rows = self._fill([(slot.seq, feed, slot.position) for slot, feed in zip(chosen, feeds, strict=True)],
+                          logits=[len(feed) == len(slot.pending) for slot, feed in zip(chosen, feeds, strict=True)])
+        try:
+            self._run_batch()
+        except RuntimeError as exc:
+            for slot in chosen:
+                self._close(slots.pop(slot.seq), waiting, failure=(f"llama.cpp: {exc}", True))
+            return
+        for slot, feed, row in zip(chosen, feeds, rows, strict=True):
+            slot.position += len(feed)
+            del slot.pending[:len(feed)]
+            if slot.pending:  # still forcing its opening
+                continue
+            try:
+                token = self._next_token(slot, row)
+            except RuntimeError as exc:  # the grammar allows nothing, or no logits
+                self._close(slots.pop(slot.seq), waiting, failure=(f"llama.cpp: {exc}", True))
+                continue
+            if self._lib.llama_vocab_is_eog(self._vocab, token):
+                self._close(slots.pop(slot.seq), waiting)
+                continue
+            self._lib.llama_sampler_accept(slot.grammar, token)
+            slot.out.append(token)
+            piece = self._llm.detokenize([token])
+            if any(end in piece for end in _END_BYTES) or len(slot.out) >= slot.limit:
+                self._close(slots.pop(slot.seq), waiting)  # whole: the last token is never fed back
+            else:
+                slot.pending = [token]
+
+    def _close(self, slot: _Slot, waiting: deque[_Request], *, failure: tuple[str, bool] | None = None) -> None:
+        """Free the slot's sequence and answer its request: the parsed reply, or a second attempt, or
+        ``unverified`` with the reasons."""
+        self._release(slot)
+        request = slot.request
+        if failure is not None:
+            self._failed(request, waiting, *failure)
+            return
+        reply = slot.forced + self._llm.detokenize(slot.out).decode("utf-8", errors="replace")
+        try:
+            parsed = parse_reply(reply, request.task, request.text, request.label)
+        except ReplyError as exc:
+            self._failed(request, waiting, str(exc), False)
+            return
+        request.future.set_result((Explanation(
+            verdict=parsed.verdict, predicted_label=request.label, suggested_label=parsed.label,
+            evidence=parsed.evidence, rationale=parsed.reason, evidence_line=parsed.line,
+            label_scores=slot.scored.rounded(), llm_model=self.model_name, prompt_version=prompt_version(request.task),
+            latency_s=time.perf_counter() - request.started, attempts=request.attempt), False))
+
+    def _failed(self, request: _Request, waiting: deque[_Request], reason: str, transient: bool) -> None:
+        request.reasons.append(reason)
+        request.transient = request.transient or transient
+        if request.attempt < 2:
+            request.attempt += 1
+            waiting.appendleft(request)  # the retry goes first: a little temperature, another seed
+            return
+        result = Explanation(verdict="unverified", predicted_label=request.label,
+                             reason="; ".join(request.reasons)[:500], llm_model=self.model_name,
+                             prompt_version=prompt_version(request.task),
+                             latency_s=time.perf_counter() - request.started, attempts=2)
+        log.info("explanation unverified for task %s: %s", request.task.name, result.reason)
+        request.future.set_result((result, request.transient))
+
+    def _decoded(self, request: _Request) -> None:
+        """The whole reply decoded (verdict_from=decoding, or unconstrained): one post at a time."""
+        grammar = build_grammar(request.task, request.text, request.label) if self.settings.constrained else None
+        waiting: deque[_Request] = deque()
+        while True:
+            try:
+                reply = self._generate(request.task, request.text, request.label, grammar,
+                                       retry=request.attempt > 1)
+                parsed = parse_reply(reply, request.task, request.text, request.label)
+            except ReplyError as exc:
+                self._failed(request, waiting, str(exc), False)
+            except (ValueError, RuntimeError) as exc:  # llama.cpp: context overflow, grammar, decode errors
+                self._failed(request, waiting, f"llama.cpp: {exc}", True)
+            else:
+                request.future.set_result((Explanation(
+                    verdict=parsed.verdict, predicted_label=request.label, suggested_label=parsed.label,
+                    evidence=parsed.evidence, rationale=parsed.reason, evidence_line=parsed.line,
+                    llm_model=self.model_name, prompt_version=prompt_version(request.task),
+                    latency_s=time.perf_counter() - request.started, attempts=request.attempt), False))
+            if not waiting:
+                return
+            waiting.popleft()
+
+    def serve(self, first: _Request, take: Callable[[], _Request | None]) -> None:
+        """Answer ``first`` and whatever ``take()`` hands over while replies are in progress, up to
+        ``sequences`` of them decoded side by side (continuous batching); returns when none is left.
+
+        Each prompt is read in sequence 0, its own KV stream (so its scores, and the verdict, are those
+        it gets explained alone); the replies, each in its own stream, share every decoding step. Every request's future gets
+        its answer; an unexpected error goes to every request still open, and is raised."""
+        waiting: deque[_Request] = deque([first])
+        slots: dict[int, _Slot] = {}
         with self._lock:
-            prior = self._prior(task, predicted_label)
-            raw, end = self._scores_of(task, text, predicted_label)
-            self.usage.calls += 1
-            scored = Scored.of(raw, prior, predicted_label, threshold)
-            opening = verdict_options(task, predicted_label)[scored.label]
-            forced = opening if evidence_line is None else f"{opening} {evidence_line}:"
-            self._llm.n_tokens = end
-            self._llm.eval(self._llm.tokenize(forced.encode(), add_bos=False, special=False))
-            room = self._llm.n_ctx() - self._llm.n_tokens
-            grammar = rest_grammar(text, with_line=evidence_line is None)
-            return forced + self._decode(grammar, max_tokens=min(MAX_TOKENS, room), retry=retry), scored
+            try:
+                while True:
+                    while len(slots) < self.sequences:
+                        if not waiting and (taken := take()) is not None:
+                            waiting.append(taken)
+                        if not waiting:
+                            break
+                        request = waiting.popleft()
+                        if not self.scores_verdicts:
+                            self._decoded(request)
+                            continue
+                        # One sequence: the reply is decoded where the prompt was read.
+                        seq = 0 if self.sequences == 1 else min(set(range(1, self.sequences + 1)) - set(slots))
+                        try:
+                            slots[seq] = self._admit(request, seq)
+                        except (ValueError, RuntimeError) as exc:  # a prompt too long, a decode error
+                            self._failed(request, waiting, f"llama.cpp: {exc}", True)
+                    if not slots:
+                        if waiting:
+                            continue
+                        return
+                    self._step(slots, waiting)
+            except BaseException as exc:
+                for slot in slots.values():
+                    self._release(slot)
+                for request in [*(slot.request for slot in slots.values()), *waiting]:
+                    if not request.future.done():
+                        request.future.set_exception(exc)
+                raise
 
     def warm(self, tasks: Sequence[TaskDefinition]) -> int:
         """Evaluate and keep the prompt prefix of each (task, label) now, so that the first escalations of
@@ -487,56 +746,35 @@ class LlamaExplainer:
         Constrained (the default): the verdict, and the label a reject names, come from the model's
         contextually calibrated scores of the reply's openings, confirm when P(confirm) >= ``threshold``
         (fitted on validation by explain-eval); then only the reason is decoded, after the classifier's
-        ``evidence_line`` where one is given. Unconstrained: the whole reply is decoded, as asked in words."""
+        ``evidence_line`` where one is given. Unconstrained: the whole reply is decoded, as asked in words.
+        Failures are retried once (a little temperature), then answered ``unverified`` with the reasons."""
+        request = self.request(task, text, predicted_label, evidence_line=evidence_line, threshold=threshold)
+        self.serve(request, lambda: None)
+        return request.future.result()
+
+    def request(self, task: TaskDefinition, text: str, predicted_label: str, *, evidence_line: int | None = None,
+                threshold: float = 0.5) -> _Request:
+        """A request for ``serve``, checked: the label is the task's, the evidence line one of the post's."""
         if predicted_label not in task.labels:
             raise ValueError(f"{predicted_label!r} is not a label of task {task.name}")
-        version = prompt_version(task)
         if evidence_line is not None and not 1 <= evidence_line <= len(post_lines(text)):
             log.warning("evidence line %s is not a line of the post; the LLM chooses one", evidence_line)
             evidence_line = None
-        # Decoding the whole reply: under the grammar, or (to measure it) free.
-        grammar = build_grammar(task, text, predicted_label) \
-            if self.settings.constrained and not self.scores_verdicts else None
-        started = time.perf_counter()
-        reasons = []
-        transient = False
-        for attempt in (1, 2):
-            scored = None
-            try:
-                if self.scores_verdicts:
-                    reply, scored = self._generate_scored(task, text, predicted_label, evidence_line=evidence_line,
-                                                          threshold=threshold, retry=attempt > 1)
-                else:
-                    reply = self._generate(task, text, predicted_label, grammar, retry=attempt > 1)
-                parsed = parse_reply(reply, task, text, predicted_label)
-            except ReplyError as exc:
-                reasons.append(str(exc))
-                continue
-            except (ValueError, RuntimeError) as exc:  # llama.cpp: context overflow, grammar, decode errors
-                reasons.append(f"llama.cpp: {exc}")
-                transient = True
-                continue
-            return Explanation(verdict=parsed.verdict, predicted_label=predicted_label,
-                               suggested_label=parsed.label, evidence=parsed.evidence, rationale=parsed.reason,
-                               evidence_line=parsed.line,
-                               label_scores=None if scored is None else scored.rounded(),
-                               llm_model=self.model_name, prompt_version=version,
-                               latency_s=time.perf_counter() - started, attempts=attempt), False
-        result = Explanation(verdict="unverified", predicted_label=predicted_label, reason="; ".join(reasons)[:500],
-                             llm_model=self.model_name, prompt_version=version,
-                             latency_s=time.perf_counter() - started, attempts=2)
-        log.info("explanation unverified for task %s: %s", task.name, result.reason)
-        return result, transient
+        return _Request(task=task, text=text, label=predicted_label, evidence_line=evidence_line,
+                        threshold=threshold)
 
 
 class ExplainerPool:
-    """``n_parallel`` llama.cpp contexts over one GGUF file, each explaining one post at a time.
+    """``n_parallel`` llama.cpp contexts over one GGUF file, each decoding up to ``sequences`` replies
+    side by side.
 
     On a CPU, two contexts with one thread each explain about 1.5x as many posts per second as one
     context with two threads (measured on 2 cores with SmolLM2-135M: 4.28 vs 2.92 explanations/s, the
     same verdicts): a small model's token steps are too short to keep two threads busy, two sequences
     side by side are not. The weights are memory-mapped once by the OS; each context keeps its own KV
-    cache and prompt prefixes. One cache serves all contexts, and a cache hit never waits for a context.
+    cache and prompt prefixes. Requests wait in one queue; each context's thread takes one, and while
+    its replies are being decoded, takes more as they come. One cache serves all contexts, and a cache
+    hit never waits for a context.
     """
 
     def __init__(self, engines: Sequence[LlamaExplainer], *, cache: ExplanationCache | None):
@@ -547,9 +785,11 @@ class ExplainerPool:
         first = self.engines[0]
         self.model_path, self.fingerprint, self.model_name = first.model_path, first.fingerprint, first.model_name
         self.settings = first.settings
-        self._free: queue.SimpleQueue[LlamaExplainer] = queue.SimpleQueue()
-        for engine in self.engines:
-            self._free.put(engine)
+        self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._serve, args=(engine,), name=f"llm-context-{i}", daemon=True)
+                         for i, engine in enumerate(self.engines)]
+        for thread in self._threads:
+            thread.start()
 
     @classmethod
     def load(cls, model_path: Path, settings: ExplainerSettings, *,
@@ -560,9 +800,32 @@ class ExplainerPool:
         return cls([LlamaExplainer.load(model_path, per_context, cache=None) for _ in range(settings.n_parallel)],
                    cache=cache)
 
+    def _take(self) -> _Request | None:
+        try:
+            request = self._requests.get_nowait()
+        except queue.Empty:
+            return None
+        if request is None:  # closing: leave the stop for this context's loop
+            self._requests.put(None)
+        return request
+
+    def _serve(self, engine: LlamaExplainer) -> None:
+        while (first := self._requests.get()) is not None:
+            try:
+                engine.serve(first, self._take)
+            except Exception:  # already handed to every open request; the context serves on
+                log.exception("llama.cpp context failed while explaining")
+
+    def close(self) -> None:
+        """Stop the contexts' threads once the requests already queued are answered."""
+        for _ in self._threads:
+            self._requests.put(None)
+        for thread in self._threads:
+            thread.join()
+
     @property
     def parallel(self) -> int:
-        return len(self.engines)
+        return sum(engine.sequences for engine in self.engines)
 
     @property
     def cache_hits(self) -> int:
@@ -587,12 +850,10 @@ class ExplainerPool:
                                    evidence_line=evidence_line, threshold=threshold)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return hit
-        engine = self._free.get()  # blocks while every context is busy
-        try:
-            result, transient = engine.generate(task, text, predicted_label, evidence_line=evidence_line,
-                                                threshold=threshold)
-        finally:
-            self._free.put(engine)
+        request = self.engines[0].request(task, text, predicted_label, evidence_line=evidence_line,
+                                          threshold=threshold)
+        self._requests.put(request)
+        result, transient = request.future.result()  # waits while the contexts are busy
         if self.cache is not None and not transient:
             self.cache.put(key, result)
         return result

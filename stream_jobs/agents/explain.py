@@ -1,4 +1,4 @@
-"""posts.escalated -> explain (within the budget, one post per llama.cpp context at a time) -> posts.explained.
+"""posts.escalated -> explain (within the budget, up to SEQUENCES posts per llama.cpp context at a time) -> posts.explained.
 
 The budget is charged where cases are classified; only a case that comes unadmitted (a redelivered
 orphan) is charged here, and one that came over budget is passed on unexplained."""
@@ -34,7 +34,7 @@ def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
 
     async def handle(events) -> None:  # noqa: ANN001
         fresh = [e for e in events if position(e) not in decided]
-        # As many at once as the pool has llama.cpp contexts (the executor has one thread more).
+        # As many at once as the pool decodes replies (contexts x sequences; the executor has one thread more).
         results = await asyncio.gather(*(decide(e) for e in fresh), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         for event, result in zip(fresh, results, strict=True):

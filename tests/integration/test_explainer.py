@@ -200,3 +200,55 @@ def test_the_classifiers_evidence_line_is_kept_and_only_the_reason_is_written(ex
     # A line the post does not have is not trusted: the model picks one of the post's own.
     result = explainer.explain(ADR, post, "severe_adr", evidence_line=len(lines) + 5)
     assert is_valid(result, ADR, post) and 1 <= result.evidence_line <= len(lines)
+
+
+def test_replies_decoded_side_by_side_keep_the_verdicts_of_one_post_at_a_time(explainer: LlamaExplainer):
+    """sequences=4: prompts are read in sequence 0's own KV stream, so the scores (and the verdicts)
+    are exactly those of one post at a time; the replies share decoding steps and obey the contract."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from monitor.explainer.llm import ExplainerPool
+
+    pool = ExplainerPool.load(default_gguf_path(), ExplainerSettings(n_parallel=1, n_threads=1, sequences=4),
+                              cache=None)
+    assert pool.parallel == 4
+    cases = [(BASE_POSTS[i % len(BASE_POSTS)], ADR.labels[i % 2], 1 if i % 3 == 0 else None) for i in range(10)]
+    with ThreadPoolExecutor(max_workers=pool.parallel) as workers:
+        results = list(workers.map(lambda case: pool.explain(ADR, case[0], case[1], evidence_line=case[2]), cases))
+    alone = [explainer.generate(ADR, post, label, evidence_line=line)[0] for post, label, line in cases]
+    for (post, _, _), side, single in zip(cases, results, alone, strict=True):
+        assert is_valid(side, ADR, post), side
+        assert side.label_scores == single.label_scores  # exactly: not within a tolerance
+        assert (side.verdict, side.suggested_label) == (single.verdict, single.suggested_label)
+    assert [r.evidence_line for r, (_, _, line) in zip(results, cases, strict=True) if line] == [1] * 4
+    usage = pool.usage
+    assert usage.calls == len(cases)
+    assert usage.completion_tokens > 1.5 * usage.steps  # several replies went through each decoding step
+
+
+def test_side_by_side_a_failing_request_does_not_take_the_others_with_it(monkeypatch):
+    """A prompt too long for its stream is unverified while the others beside it are answered; an
+    unexpected error reaches every open request, and the context then serves on."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from monitor.explainer.llm import ExplainerPool
+
+    pool = ExplainerPool.load(default_gguf_path(), ExplainerSettings(n_ctx=1024, n_parallel=1, n_threads=1,
+                                                                     sequences=3), cache=None)
+    long_post = " ".join(["My knee hurt after the new tablets and I could not sleep."] * 60)
+    texts = [BASE_POSTS[0], long_post, BASE_POSTS[1]]
+    with ThreadPoolExecutor(max_workers=3) as workers:
+        results = list(workers.map(lambda text: pool.explain(ADR, text, "severe_adr"), texts))
+    assert results[1].verdict == "unverified" and "no room" in results[1].reason and results[1].attempts == 2
+    assert is_valid(results[0], ADR, texts[0]) and is_valid(results[2], ADR, texts[2])
+
+    engine = pool.engines[0]
+    monkeypatch.setattr(engine, "_step", lambda slots, waiting: (_ for _ in ()).throw(KeyError("boom")))
+    with ThreadPoolExecutor(max_workers=2) as workers:
+        failures = [workers.submit(pool.explain, ADR, post, "severe_adr") for post in BASE_POSTS[2:4]]
+        for future in failures:
+            with pytest.raises(KeyError):
+                future.result(timeout=120)
+    monkeypatch.undo()
+    assert is_valid(pool.explain(ADR, BASE_POSTS[4], "severe_adr"), ADR, BASE_POSTS[4])
+    pool.close()
