@@ -307,9 +307,10 @@ class ExplainerSettings(_Section):
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU (-1 = all)")
     n_parallel: int = Field(2, ge=1, le=64, description="llama.cpp contexts per worker")
     sequences: int = Field(1, ge=1, le=32, description="Replies each context decodes side by side (verdicts from "
-                           "scores; continuous batching, each in its own KV stream of N_CTX cells): a decoding step "
-                           "reads the weights once for all. On 2 CPU cores, 8 cut the time per reply token by a "
-                           "fifth but explanations/s by 5-10% (prompt reading is unchanged), so 1 is the default")
+                           "scores; continuous batching, each reply in its own KV stream of N_CTX cells, the verdict "
+                           "scores exactly those of one post at a time). On 2 CPU cores 8 cut the time per reply token "
+                           "by a fifth, yet explanations/s did not rise (two one-thread contexts already keep both "
+                           "cores busy, and prompts are read as before), so 1 is the default")
     seed: int = Field(1234, description="Sampling seed (temperature is 0)")
     constrained: bool = Field(True, description="Constrain replies with the output grammar (off only to measure it)")
     verdict_from: Literal["scores", "decoding"] = Field(

@@ -15,6 +15,9 @@ for three measured reasons (tests/benchmarks/bench_explainer.py):
   label) and its KV state kept, so alternating tasks or labels does not re-read ~470 tokens.
 - it stops as soon as the reply is whole (the reason's first sentence end), so the final token is
   never fed back to the model for nothing.
+- it can decode several replies side by side (``sequences``; continuous batching): a step reads the
+  weights once for all of them. Each prompt is still read alone in sequence 0's own KV stream, so its
+  verdict scores are bit for bit those of one post at a time (a shared, unified KV cache changed them).
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ two worked examples; only the reply format (and how it is asked for) differs:
   decoded/compact xN (after the table) ``compact_decoded`` and ``compact`` through ExplainerPool: N
                      one-thread llama.cpp contexts fed N posts at a time, as the explain worker runs
                      it (--pool N), and the ratio of the two
+  compact xN xS seq  the same with S replies decoded side by side in each context (--sequences S,
+                     fed N*S posts at a time), its ratio to one at a time, and whether the verdict
+                     scores are identical (they must be: each prompt is read in its own KV stream)
 A reply is valid when it parses and obeys its contract (label tied to verdict, evidence from the post).
 
 One process and one model file; each contract has its own llama.cpp context, so each keeps its own
@@ -244,6 +247,9 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=2,
                         help="also run the pipeline's explainer with this many one-thread contexts in parallel "
                              "(1 = skip)")
+    parser.add_argument("--sequences", type=int, default=8,
+                        help="also run the pool with this many replies decoded side by side per context (1 = skip)")
+    parser.add_argument("--pool-only", action="store_true", help="only the pool rows (skip the contract table)")
     parser.add_argument("--reviews", action="store_true",
                         help="the first --posts reviews of the shipped Druglib sample (benefits | side effects | "
                              "comments, a few hundred characters each) instead of the ten short posts")
@@ -263,24 +269,6 @@ def main() -> None:
         loaded.grammar_every_token = every_token
         return Explainer(loaded)
 
-    contracts = {
-        "json_schema": Completion(context(), json_messages,
-                                  lambda task, post, label: _json_grammar(task), json_valid),
-        "minimal_f1": Completion(context(), f1_messages, f1_grammar, f1_valid),
-        "unconstrained_f1": Completion(context(), f1_messages, lambda task, post, label: None, f1_valid),
-        "compact_sampler": Completion(context(), build_messages, build_grammar, compact_valid),
-        "compact_every": explainer(every_token=True, verdict_from="decoding"),
-        "compact_decoded": explainer(verdict_from="decoding"),
-        "compact": explainer(),
-        "compact_free": explainer(constrained=False),
-    }
-    names = list(contracts)
-    first = {}
-    for name, run in contracts.items():
-        start = time.perf_counter()
-        run(task, WARM_UP, task.labels[0])
-        first[name] = time.perf_counter() - start
-
     posts = POSTS
     if args.reviews:
         with open(SAMPLE, newline="", encoding="utf-8") as handle:
@@ -288,29 +276,53 @@ def main() -> None:
         posts = [" | ".join(row[k].strip() for k in ("benefitsReview", "sideEffectsReview", "commentsReview"))
                  for row in rows]
     cases = [(posts[i % len(posts)], task.labels[i % len(task.labels)]) for i in range(args.posts)]
-    times: dict[str, list[float]] = {name: [] for name in names}
-    counts = {name: [0, 0, 0] for name in names}  # valid, prompt tokens evaluated, completion tokens
-    for i, (post, predicted) in enumerate(cases):
-        for name in names[i % len(names):] + names[: i % len(names)]:
-            start = time.perf_counter()
-            ok, evaluated, generated = contracts[name](task, post, predicted)
-            times[name].append(time.perf_counter() - start)
-            for k, value in enumerate((ok, evaluated, generated)):
-                counts[name][k] += value
-
     n = len(cases)
-    base = n / sum(times["json_schema"])
-    print(f"task {task.name}, {n} explanations per contract ({'Druglib reviews' if args.reviews else 'short posts'}, "
-          f"mean {statistics.mean(len(post) for post, _ in cases):.0f} characters), real prompts (rules + 2 examples), "
-          f"{args.threads} thread(s)")
-    print(f"{'contract':<19} {'expl/s':>7} {'valid':>6} {'tok/s':>6} {'p50 s':>6} {'first s':>8} "
-          f"{'prompt tok':>10} {'gen tok':>8} {'vs json':>8}")
-    for name in names:
-        total = sum(times[name])
-        valid, evaluated, generated = counts[name]
-        print(f"{name:<19} {n / total:7.2f} {valid / n:6.0%} {generated / total:6.1f} "
-              f"{statistics.median(times[name]):6.2f} {first[name]:8.2f} {evaluated / n:10.1f} "
-              f"{generated / n:8.1f} {n / total / base:7.2f}x")
+    base = None  # explanations/s of json_schema, the table's reference
+    if args.pool_only:
+        print(f"task {task.name}, {n} explanations ({'Druglib reviews' if args.reviews else 'short posts'})")
+        print(f"{'pool':<19} {'expl/s':>7} {'valid':>6} {'tok/s':>6} {'p50 s':>6} {'first s':>8} "
+              f"{'prompt tok':>10} {'gen tok':>8} {'vs json':>8}")
+    else:
+        contracts = {
+            "json_schema": Completion(context(), json_messages,
+                                      lambda task, post, label: _json_grammar(task), json_valid),
+            "minimal_f1": Completion(context(), f1_messages, f1_grammar, f1_valid),
+            "unconstrained_f1": Completion(context(), f1_messages, lambda task, post, label: None, f1_valid),
+            "compact_sampler": Completion(context(), build_messages, build_grammar, compact_valid),
+            "compact_every": explainer(every_token=True, verdict_from="decoding"),
+            "compact_decoded": explainer(verdict_from="decoding"),
+            "compact": explainer(),
+            "compact_free": explainer(constrained=False),
+        }
+        names = list(contracts)
+        first = {}
+        for name, run in contracts.items():
+            start = time.perf_counter()
+            run(task, WARM_UP, task.labels[0])
+            first[name] = time.perf_counter() - start
+
+        times: dict[str, list[float]] = {name: [] for name in names}
+        counts = {name: [0, 0, 0] for name in names}  # valid, prompt tokens evaluated, completion tokens
+        for i, (post, predicted) in enumerate(cases):
+            for name in names[i % len(names):] + names[: i % len(names)]:
+                start = time.perf_counter()
+                ok, evaluated, generated = contracts[name](task, post, predicted)
+                times[name].append(time.perf_counter() - start)
+                for k, value in enumerate((ok, evaluated, generated)):
+                    counts[name][k] += value
+
+        base = n / sum(times["json_schema"])
+        print(f"task {task.name}, {n} explanations per contract ({'Druglib reviews' if args.reviews else 'short posts'}, "
+              f"mean {statistics.mean(len(post) for post, _ in cases):.0f} characters), real prompts (rules + 2 examples), "
+              f"{args.threads} thread(s)")
+        print(f"{'contract':<19} {'expl/s':>7} {'valid':>6} {'tok/s':>6} {'p50 s':>6} {'first s':>8} "
+              f"{'prompt tok':>10} {'gen tok':>8} {'vs json':>8}")
+        for name in names:
+            total = sum(times[name])
+            valid, evaluated, generated = counts[name]
+            print(f"{name:<19} {n / total:7.2f} {valid / n:6.0%} {generated / total:6.1f} "
+                  f"{statistics.median(times[name]):6.2f} {first[name]:8.2f} {evaluated / n:10.1f} "
+                  f"{generated / n:8.1f} {n / total / base:7.2f}x")
 
     if args.pool > 1:
         # The pipeline's explainer with --pool contexts of one thread each, fed --pool posts at a time
@@ -320,27 +332,39 @@ def main() -> None:
 
         from monitor.explainer.llm import ExplainerPool
 
-        rates = {}
-        for verdict_from in ("decoding", "scores"):
+        rates, scores = {}, {}
+        runs = [("decoding", 1), ("scores", 1)] + ([("scores", args.sequences)] if args.sequences > 1 else [])
+        for verdict_from, sequences in runs:
             pool = ExplainerPool.load(gguf, ExplainerSettings(n_ctx=args.n_ctx, n_threads=1, n_parallel=args.pool,
-                                                              verdict_from=verdict_from), cache=None)
+                                                              verdict_from=verdict_from, sequences=sequences),
+                                      cache=None)
             pool.warm([task])
             before = pool.usage
             start = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=args.pool) as workers:
+            with ThreadPoolExecutor(max_workers=pool.parallel) as workers:  # as the explain worker feeds it
                 results = list(workers.map(lambda case, pool=pool: pool.explain(task, *case), cases))
             total = time.perf_counter() - start
             valid = sum(r.verdict != "unverified" and is_valid(r, task, post) for r, (post, _) in zip(results, cases))
             generated = pool.usage.completion_tokens - before.completion_tokens
-            rates[verdict_from] = n / total
+            rates[(verdict_from, sequences)] = n / total
+            scores[(verdict_from, sequences)] = [r.label_scores for r in results]
             name = f"{'compact' if verdict_from == 'scores' else 'decoded'} x{args.pool} ctx"
+            name += f" x{sequences} seq" if sequences > 1 else ""
+            steps = pool.usage.steps - before.steps
             print(f"{name:<19} {n / total:7.2f} {valid / n:6.0%} {generated / total:6.1f} "
                   f"{statistics.median(r.latency_s for r in results):6.2f} {'-':>8} "
                   f"{(pool.usage.prompt_tokens - before.prompt_tokens) / n:10.1f} {generated / n:8.1f} "
-                  f"{n / total / base:7.2f}x")
-            del pool
-        print(f"verdicts from scores vs decoded, {args.pool} contexts: {rates['scores'] / rates['decoding']:.2f}x "
-              f"explanations/s")
+                  + (f"{n / total / base:7.2f}x" if base else f"{'-':>8}")
+                  + (f"  ({generated / steps:.1f} replies a step)" if steps else ""))
+            pool.close()
+        print(f"verdicts from scores vs decoded, {args.pool} contexts: "
+              f"{rates[('scores', 1)] / rates[('decoding', 1)]:.2f}x explanations/s")
+        if args.sequences > 1:
+            same = scores[("scores", args.sequences)] == scores[("scores", 1)]
+            print(f"{args.sequences} replies side by side vs one at a time, {args.pool} contexts: "
+                  f"{rates[('scores', args.sequences)] / rates[('scores', 1)]:.2f}x explanations/s, "
+                  f"{rates[('scores', args.sequences)] / rates[('decoding', 1)]:.2f}x decoded; "
+                  f"verdict scores {'identical' if same else 'DIFFERENT'}")
 
 
 def _json_grammar(task: TaskDefinition) -> str:
