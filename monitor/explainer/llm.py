@@ -676,8 +676,9 @@ class LlamaExplainer:
         ``sequences`` of them decoded side by side (continuous batching); returns when none is left.
 
         Each prompt is read in sequence 0, its own KV stream (so its scores, and the verdict, are those
-        it gets explained alone); the replies, each in its own stream, share every decoding step. Every request's future gets
-        its answer; an unexpected error goes to every request still open, and is raised."""
+        it gets explained alone); the replies, each in its own stream, share every decoding step.
+        Every request's future gets its answer; an unexpected error goes to every request still open,
+        and is raised."""
         waiting: deque[_Request] = deque([first])
         slots: dict[int, _Slot] = {}
         with self._lock:
