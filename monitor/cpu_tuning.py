@@ -146,35 +146,26 @@ def _entries(path: Path) -> dict[str, dict]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        log.warning("ignoring the CPU tuning cache %s: %s", path, exc)
+        log.warning("ignoring the tuning cache %s: %s", path, exc)
         return {}
     entries = data.get("entries") if isinstance(data, dict) else None
     if not isinstance(entries, dict):
-        log.warning("ignoring the CPU tuning cache %s: no entries", path)
+        log.warning("ignoring the tuning cache %s: no entries", path)
         return {}
     return entries
 
 
-def read_tuning(path: Path, key: str) -> Tuning | None:
-    """The cached choice for ``key``, or None (no file, no entry, or an entry that does not parse)."""
+def read_entry(path: Path, key: str) -> dict | None:
+    """``key``'s entry in a tuning cache file (a JSON object of entries, newest last), or None."""
     entry = _entries(path).get(key)
-    if not isinstance(entry, dict):
-        return None
-    try:
-        tuning = Tuning(dtype=entry["dtype"], threads=int(entry["threads"]),
-                        rates={str(k): float(v) for k, v in entry.get("rates", {}).items()},
-                        thread_rates={str(k): float(v) for k, v in entry.get("thread_rates", {}).items()},
-                        measured_on=str(entry.get("measured_on", "")), source="cache")
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return None
-    return tuning if tuning.dtype in WEIGHT_DTYPES and tuning.threads > 0 else None
+    return entry if isinstance(entry, dict) else None
 
 
-def write_tuning(path: Path, key: str, tuning: Tuning, *, keep: int = CACHE_ENTRIES) -> Path:
+def write_entry(path: Path, key: str, entry: dict, *, keep: int = CACHE_ENTRIES) -> Path:
     """Add (or move to the end) ``key``'s entry, keep the newest ``keep``, replace the file atomically."""
     entries = _entries(path)
     entries.pop(key, None)
-    entries[key] = {k: v for k, v in asdict(tuning).items() if k != "source"}
+    entries[key] = entry
     entries = dict(list(entries.items())[-keep:])
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -187,6 +178,26 @@ def write_tuning(path: Path, key: str, tuning: Tuning, *, keep: int = CACHE_ENTR
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_tuning(path: Path, key: str) -> Tuning | None:
+    """The cached choice for ``key``, or None (no file, no entry, or an entry that does not parse)."""
+    entry = read_entry(path, key)
+    if entry is None:
+        return None
+    try:
+        tuning = Tuning(dtype=entry["dtype"], threads=int(entry["threads"]),
+                        rates={str(k): float(v) for k, v in entry.get("rates", {}).items()},
+                        thread_rates={str(k): float(v) for k, v in entry.get("thread_rates", {}).items()},
+                        measured_on=str(entry.get("measured_on", "")), source="cache")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return tuning if tuning.dtype in WEIGHT_DTYPES and tuning.threads > 0 else None
+
+
+def write_tuning(path: Path, key: str, tuning: Tuning, *, keep: int = CACHE_ENTRIES) -> Path:
+    """``tuning`` as ``key``'s entry (``write_entry``)."""
+    return write_entry(path, key, {k: v for k, v in asdict(tuning).items() if k != "source"}, keep=keep)
 
 
 @dataclass(frozen=True)

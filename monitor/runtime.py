@@ -14,6 +14,7 @@ So a persist or explain process never imports torch (a persist worker stays a fe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 from monitor.assessment import allowed_mode, verdict_rule
 from monitor.config import ClassifierSettings, ExplainerSettings, Settings
-from monitor.errors import ConfigError
+from monitor.errors import ConfigError, ModelError
 from monitor.explainer.policy import ExplanationBudget, Mode, Policy
 from monitor.explainer.prompts import prompt_version
 from monitor.inference import Classifier, Explainer
@@ -32,11 +33,14 @@ from monitor.tasks import TaskDefinition, load_task
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
+    from monitor.explainer.weights import WeightsChoice
+
 Role = Literal["classify", "explain", "persist"]
 ROLES: tuple[Role, ...] = ("classify", "explain", "persist")
 #: How the database is made ready: ``migrate`` upgrades an embedded SQLite (a server database must be
 #: migrated by hand, so it is only checked), ``require`` checks that it is at the head revision.
 Migration = Literal["migrate", "require"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -173,8 +177,25 @@ def load_explainer(settings: Settings, gguf: Path | None = None) -> Explainer:
     from monitor.models import default_gguf_path
 
     cache = ExplanationCache(settings.data_dir / "explanations.sqlite") if settings.explainer.cache else None
-    return ExplainerPool.load(gguf or settings.explainer.model_path or default_gguf_path(), settings.explainer,
-                              cache=cache)
+    source = gguf or settings.explainer.model_path or default_gguf_path()
+    return ExplainerPool.load(explainer_weights(settings, source).path, settings.explainer, cache=cache)
+
+
+def explainer_weights(settings: Settings, source: Path) -> WeightsChoice:
+    """The weights the explainer runs with on this machine (``explainer.weights``), logged."""
+    import os
+
+    from monitor.explainer.llm import file_fingerprint
+    from monitor.explainer.weights import choose_weights
+
+    if not source.is_file():
+        raise ModelError(f"GGUF file not found: {source}")
+    explainer = settings.explainer
+    threads = explainer.n_threads or max(1, (os.cpu_count() or 2) // explainer.n_parallel)
+    choice = choose_weights(source, weights=explainer.weights, threads=threads, fingerprint=file_fingerprint(source),
+                            cache=explainer.weights_cache)
+    log.info("explainer weights for %s: %s", source.name, choice.describe())
+    return choice
 
 
 def open_database(settings: Settings, migration: Migration) -> sessionmaker[Session]:

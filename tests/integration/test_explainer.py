@@ -252,3 +252,34 @@ def test_side_by_side_a_failing_request_does_not_take_the_others_with_it(monkeyp
     monkeypatch.undo()
     assert is_valid(pool.explain(ADR, BASE_POSTS[4], "severe_adr"), ADR, BASE_POSTS[4])
     pool.close()
+
+
+def test_weights_auto_times_a_q8_0_copy_once_and_a_copy_is_another_model(tmp_path: Path):
+    """weights=auto requantises the shipped Q4_1 GGUF to Q8_0 beside the cache, times both on this CPU,
+    remembers the choice (asked again, nothing is timed), and the copy explains under its own name."""
+    from monitor.config import Settings
+    from monitor.explainer.llm import file_fingerprint
+    from monitor.explainer.weights import file_type
+    from monitor.runtime import explainer_weights
+
+    source = default_gguf_path()
+    folder = tmp_path / "weights"
+    auto = Settings(_env_file=None, explainer={"weights": "auto", "weights_cache": folder})
+    first = explainer_weights(auto, source)
+    assert first.source == "measured" and set(first.seconds) == {"as_configured", "q8_0"}
+    copy = folder / f"{source.stem}.{file_fingerprint(source)[:8]}.q8_0.gguf"
+    assert copy.is_file() and file_type(copy) == 7 and file_type(source) == 3  # Q8_0 from Q4_1
+    assert first.path == (copy if first.weights == "q8_0" else source)
+    again = explainer_weights(auto, source)
+    assert (again.source, again.weights, again.path, again.seconds) == ("cache", first.weights, first.path,
+                                                                        first.seconds)
+    forced = explainer_weights(Settings(_env_file=None, explainer={"weights": "q8_0", "weights_cache": folder}),
+                               source)
+    assert forced.path == copy and forced.source == "configured"
+    assert explainer_weights(Settings(_env_file=None, explainer={"weights": "as_configured"}), source).path == source
+
+    q8 = LlamaExplainer.load(copy, ExplainerSettings(), cache=None)
+    shipped = LlamaExplainer.load(source, ExplainerSettings(), cache=None)
+    assert q8.model_name != shipped.model_name and q8.model_name.startswith(copy.name)
+    result = q8.explain(ADR, BASE_POSTS[0], "severe_adr")
+    assert is_valid(result, ADR, BASE_POSTS[0]) and result.llm_model == q8.model_name
