@@ -75,6 +75,7 @@ class WeightsChoice:
 def q8_0_copy(source: Path, folder: Path, fingerprint: str) -> Path:
     """``source`` requantised to Q8_0 in ``folder`` (made once; a half-written file is never used)."""
     import llama_cpp
+    from llama_cpp._utils import suppress_stdout_stderr
 
     target = folder / f"{source.stem}.{fingerprint[:8]}.q8_0.gguf"
     if target.is_file():
@@ -87,7 +88,10 @@ def q8_0_copy(source: Path, folder: Path, fingerprint: str) -> Path:
         params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
         params.allow_requantize = True
         params.nthread = max(1, os.cpu_count() or 1)
-        if llama_cpp.llama_model_quantize(str(source).encode(), tmp.encode(), ctypes.byref(params)) != 0:
+        log.info("requantising %s to Q8_0 in %s (once)", source.name, folder)
+        with suppress_stdout_stderr(disable=False):  # llama.cpp logs every tensor it converts
+            failed = llama_cpp.llama_model_quantize(str(source).encode(), tmp.encode(), ctypes.byref(params))
+        if failed:
             raise ModelError(f"llama.cpp could not requantise {source} to Q8_0")
         os.replace(tmp, target)
     finally:
@@ -96,15 +100,24 @@ def q8_0_copy(source: Path, folder: Path, fingerprint: str) -> Path:
 
 
 def file_type(path: Path) -> int | None:
-    """The GGUF's ``general.file_type`` (read without loading the weights), or None."""
-    from llama_cpp import Llama
+    """The GGUF's ``general.file_type`` (llama.cpp's quantisation type), read with its vocabulary only;
+    None when the file does not say."""
+    import llama_cpp
+    from llama_cpp._utils import suppress_stdout_stderr
 
-    llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    with suppress_stdout_stderr(disable=False):  # llama.cpp logs every key it loads
+        model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise ModelError(f"llama.cpp cannot read {path}")
     try:
-        value = llm.metadata.get("general.file_type")
-        return int(value) if value is not None else None
+        value = ctypes.create_string_buffer(32)
+        if llama_cpp.llama_model_meta_val_str(model, b"general.file_type", value, len(value)) < 0:
+            return None
+        return int(value.value.decode()) if value.value.strip().isdigit() else None
     finally:
-        llm.close()
+        llama_cpp.llama_model_free(model)
 
 
 def time_weights(paths: dict[str, Path], threads: int) -> dict[str, float]:
