@@ -291,7 +291,8 @@ class LlamaExplainer:
             raise ModelError(f"llama.cpp cannot load {model_path}: {exc}") from exc
         return cls(llm, model_path, settings, cache=cache)
 
-    #: One context explains one post at a time (``ExplainerPool`` runs several).
+    #: Called directly, a context answers one call at a time (``ExplainerPool`` runs several contexts,
+    #: and feeds each up to ``sequences`` requests side by side).
     parallel = 1
 
     @property

@@ -6,16 +6,23 @@ orphan) is charged here, and one that came over budget is passed on unexplained.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from monitor import telemetry
 from monitor.cases import Case, Decision
 from monitor.pipeline import explain_case
 from stream_jobs.batches import deliver, position
 
+log = logging.getLogger(__name__)
+
 
 def register(app, topics, resources) -> None:  # noqa: ANN001 - faust objects
     settings, runtime = resources.settings, resources.runtime
     runner = resources.runner("explain", "explain", topics["dead_letter"])
+    if runtime.explainer is not None and settings.stream.explain_batch < runtime.explainer.parallel:
+        log.warning("MONITOR_STREAM__EXPLAIN_BATCH=%d is below the %d replies the explainer decodes at once "
+                    "(N_PARALLEL x SEQUENCES): some of them will stay idle", settings.stream.explain_batch,
+                    runtime.explainer.parallel)
     # Decisions already made for a batch, kept across its retries: an escalation is explained (and
     # charged to the budget) once, and a retry sends the same verdict.
     decided: dict[tuple[int, int], Decision | None] = {}
