@@ -352,7 +352,7 @@ class StreamSettings(_Section):
     app_id: str = Field("health-monitor", description="Faust app id; each role's consumer group is APP_ID-ROLE")
     batch_seconds: float = Field(0.5, gt=0, le=60, description="Longest wait to fill a classify or persist batch")
     persist_batch: int = Field(256, ge=1, le=10000, description="Records per database transaction in persist")
-    explain_batch: int = Field(8, ge=1, le=1024, description="Escalations an explain worker takes at once (shared among its llama.cpp contexts)")
+    explain_batch: int = Field(8, ge=1, le=1024, description="Escalations an explain worker takes at once (shared among its llama.cpp contexts; at least N_PARALLEL x SEQUENCES keeps them all busy)")
     retry_base_s: float = Field(0.5, gt=0, le=60, description="First wait before retrying a batch after a fault (doubles each time, with jitter)")
     retry_cap_s: float = Field(30.0, gt=0, le=3600, description="Longest wait between two retries of a batch")
     max_attempts: int = Field(3, ge=1, le=100, description="Tries of a batch failing with an unclassified error before its records are tried one by one (a record that still fails alone is dead-lettered)")
