@@ -313,8 +313,9 @@ class ExplainerSettings(_Section):
                            "1.5 GB more memory, so 1 is the default")
     weights: Literal["auto", "as_configured", "q8_0"] = Field(
         "auto", description="auto: the GGUF as configured or a Q8_0 copy of it made here (2-5 bit files up to "
-        "1 GiB), whichever a short timing at load finds faster on this CPU, remembered in WEIGHTS_CACHE; a copy is "
-        "another model (its own name: grants and measurements do not carry over)")
+        "1 GiB), whichever a short timing at load finds faster on this CPU (as configured when layers run on a "
+        "GPU), remembered in WEIGHTS_CACHE; a copy is another model (its own name: grants and measurements do not "
+        "carry over)")
     weights_cache: Path | None = Field(
         DEFAULT_CACHE_DIR / "llm-weights", description="Folder of the Q8_0 copies and of the choices weights=auto made")
     seed: int = Field(1234, description="Sampling seed (temperature is 0)")

@@ -193,7 +193,7 @@ def explainer_weights(settings: Settings, source: Path) -> WeightsChoice:
     explainer = settings.explainer
     threads = explainer.n_threads or max(1, (os.cpu_count() or 2) // explainer.n_parallel)
     choice = choose_weights(source, weights=explainer.weights, threads=threads, fingerprint=file_fingerprint(source),
-                            cache=explainer.weights_cache)
+                            cache=explainer.weights_cache, gpu_layers=explainer.n_gpu_layers)
     log.info("explainer weights for %s: %s", source.name, choice.describe())
     return choice
 

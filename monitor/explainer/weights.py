@@ -145,11 +145,14 @@ def time_weights(paths: dict[str, Path], threads: int) -> dict[str, float]:
 
 
 def choose_weights(source: Path, *, weights: Literal["auto", "as_configured", "q8_0"], threads: int,
-                   fingerprint: str, cache: Path | None) -> WeightsChoice:
+                   fingerprint: str, cache: Path | None, gpu_layers: int = 0) -> WeightsChoice:
     """The GGUF the explainer loads: ``source``, or its Q8_0 copy (``weights="q8_0"``, or ``"auto"`` when
-    the copy was measured faster here by ``cpu_tuning.MARGIN``; remembered in ``cache``)."""
+    the copy was measured faster here by ``cpu_tuning.MARGIN``; remembered in ``cache``). With layers
+    on a GPU, ``auto`` keeps the file: the timing is of CPU arithmetic, and a GPU reads twice the bytes."""
     if weights == "as_configured":
         return WeightsChoice("as_configured", source, {}, "configured")
+    if weights == "auto" and gpu_layers != 0:
+        return WeightsChoice("as_configured", source, {}, "configured", "layers run on the GPU: not timed on the CPU")
     if cache is None:
         if weights == "q8_0":
             raise ModelError("explainer weights q8_0 need MONITOR_EXPLAINER__WEIGHTS_CACHE for the copy")

@@ -34,6 +34,8 @@ def test_as_configured_and_no_cache_never_touch_the_file(tmp_path: Path):
     assert (chosen.weights, chosen.path, chosen.source) == ("as_configured", source, "configured")
     auto = w.choose_weights(source, weights="auto", threads=1, fingerprint="f", cache=None)
     assert auto.weights == "as_configured" and "no weights cache" in auto.why
+    gpu = w.choose_weights(source, weights="auto", threads=1, fingerprint="f", cache=tmp_path, gpu_layers=-1)
+    assert (gpu.weights, gpu.path) == ("as_configured", source) and "GPU" in gpu.why
     with pytest.raises(ModelError, match="WEIGHTS_CACHE"):
         w.choose_weights(source, weights="q8_0", threads=1, fingerprint="f", cache=None)
 
