@@ -25,8 +25,11 @@ two worked examples; only the reply format (and how it is asked for) differs:
                      one-thread llama.cpp contexts fed N posts at a time, as the explain worker runs
                      it (--pool N), and the ratio of the two
   compact xN xS seq  the same with S replies decoded side by side in each context (--sequences S,
-                     fed N*S posts at a time), its ratio to one at a time, and whether the verdict
-                     scores are identical (they must be: each prompt is read in its own KV stream)
+                     fed N*S posts at a time), and whether the verdict scores are identical to one at
+                     a time (they must be: each prompt is read in its own KV stream)
+  (compare)          the scored rows again on --compare-gguf (e.g. the Q8_0 copy weights=auto made);
+                     every pool is loaded once and each of --rounds rounds runs them all in rotating
+                     order: the figures are medians, and the ratios medians of per-round ratios
 A reply is valid when it parses and obeys its contract (label tied to verdict, evidence from the post).
 
 One process and one model file; each contract has its own llama.cpp context, so each keeps its own
@@ -250,6 +253,10 @@ def main() -> None:
     parser.add_argument("--sequences", type=int, default=8,
                         help="also run the pool with this many replies decoded side by side per context (1 = skip)")
     parser.add_argument("--pool-only", action="store_true", help="only the pool rows (skip the contract table)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the pool rows this many times, the pools taking turns; print medians")
+    parser.add_argument("--compare-gguf", type=Path, default=None,
+                        help="also run the scored pool rows on this GGUF (e.g. the Q8_0 copy weights=auto made)")
     parser.add_argument("--reviews", action="store_true",
                         help="the first --posts reviews of the shipped Druglib sample (benefits | side effects | "
                              "comments, a few hundred characters each) instead of the ten short posts")
@@ -332,39 +339,64 @@ def main() -> None:
 
         from monitor.explainer.llm import ExplainerPool
 
-        rates, scores = {}, {}
-        runs = [("decoding", 1), ("scores", 1)] + ([("scores", args.sequences)] if args.sequences > 1 else [])
-        for verdict_from, sequences in runs:
-            pool = ExplainerPool.load(gguf, ExplainerSettings(n_ctx=args.n_ctx, n_threads=1, n_parallel=args.pool,
-                                                              verdict_from=verdict_from, sequences=sequences),
-                                      cache=None)
+        # Every pool is loaded once; each round runs the posts through all of them, in rotating order,
+        # so a noisy neighbour slows them alike; with --rounds > 1 the figures are medians.
+        runs = [("decoding", 1, gguf), ("scores", 1, gguf)]
+        runs += [("scores", args.sequences, gguf)] if args.sequences > 1 else []
+        if args.compare_gguf is not None:
+            runs += [("scores", 1, args.compare_gguf)]
+            runs += [("scores", args.sequences, args.compare_gguf)] if args.sequences > 1 else []
+        pools = {run: ExplainerPool.load(run[2], ExplainerSettings(n_ctx=args.n_ctx, n_threads=1, n_parallel=args.pool,
+                                                                   verdict_from=run[0], sequences=run[1]), cache=None)
+                 for run in runs}
+        for pool in pools.values():
             pool.warm([task])
-            before = pool.usage
-            start = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=pool.parallel) as workers:  # as the explain worker feeds it
-                results = list(workers.map(lambda case, pool=pool: pool.explain(task, *case), cases))
-            total = time.perf_counter() - start
-            valid = sum(r.verdict != "unverified" and is_valid(r, task, post) for r, (post, _) in zip(results, cases))
-            generated = pool.usage.completion_tokens - before.completion_tokens
-            rates[(verdict_from, sequences)] = n / total
-            scores[(verdict_from, sequences)] = [r.label_scores for r in results]
-            name = f"{'compact' if verdict_from == 'scores' else 'decoded'} x{args.pool} ctx"
-            name += f" x{sequences} seq" if sequences > 1 else ""
-            steps = pool.usage.steps - before.steps
-            print(f"{name:<19} {n / total:7.2f} {valid / n:6.0%} {generated / total:6.1f} "
-                  f"{statistics.median(r.latency_s for r in results):6.2f} {'-':>8} "
-                  f"{(pool.usage.prompt_tokens - before.prompt_tokens) / n:10.1f} {generated / n:8.1f} "
-                  + (f"{n / total / base:7.2f}x" if base else f"{'-':>8}")
-                  + (f"  ({generated / steps:.1f} replies a step)" if steps else ""))
+        rates: dict = {run: [] for run in runs}
+        seen: dict = {run: {} for run in runs}  # valid, generated, steps, prompt tokens, latencies, scores
+        for k in range(args.rounds):
+            for run in runs[k % len(runs):] + runs[:k % len(runs)]:
+                pool = pools[run]
+                before = pool.usage
+                start = time.perf_counter()
+                with ThreadPoolExecutor(max_workers=pool.parallel) as workers:  # as the explain worker feeds it
+                    results = list(workers.map(lambda case, pool=pool: pool.explain(task, *case), cases))
+                rates[run].append(n / (time.perf_counter() - start))
+                after = pool.usage
+                tally = seen[run]
+                tally["valid"] = tally.get("valid", 0) + sum(
+                    r.verdict != "unverified" and is_valid(r, task, post) for r, (post, _) in zip(results, cases, strict=True))
+                for field in ("completion_tokens", "steps", "prompt_tokens"):
+                    tally[field] = tally.get(field, 0) + getattr(after, field) - getattr(before, field)
+                tally.setdefault("latency", []).extend(r.latency_s for r in results)
+                tally["scores"] = [r.label_scores for r in results]
+        for pool in pools.values():
             pool.close()
-        print(f"verdicts from scores vs decoded, {args.pool} contexts: "
-              f"{rates[('scores', 1)] / rates[('decoding', 1)]:.2f}x explanations/s")
-        if args.sequences > 1:
-            same = scores[("scores", args.sequences)] == scores[("scores", 1)]
-            print(f"{args.sequences} replies side by side vs one at a time, {args.pool} contexts: "
-                  f"{rates[('scores', args.sequences)] / rates[('scores', 1)]:.2f}x explanations/s, "
-                  f"{rates[('scores', args.sequences)] / rates[('decoding', 1)]:.2f}x decoded; "
-                  f"verdict scores {'identical' if same else 'DIFFERENT'}")
+        rate = {run: statistics.median(values) for run, values in rates.items()}
+        calls = n * args.rounds
+        names = {run: f"{'compact' if run[0] == 'scores' else 'decoded'} x{args.pool} ctx"
+                      + (f" x{run[1]} seq" if run[1] > 1 else "") + (" (compare)" if run[2] != gguf else "")
+                 for run in runs}
+        width = max(19, *(len(name) for name in names.values()))
+        for run in runs:
+            tally, name = seen[run], names[run]
+            generated = tally["completion_tokens"]
+            print(f"{name:<{width}} {rate[run]:7.2f} {tally['valid'] / calls:6.0%} {generated / calls * rate[run]:6.1f} "
+                  f"{statistics.median(tally['latency']):6.2f} {'-':>8} {tally['prompt_tokens'] / calls:10.1f} "
+                  f"{generated / calls:8.1f} " + (f"{rate[run] / base:7.2f}x" if base else f"{'-':>8}")
+                  + (f"  ({generated / tally['steps']:.1f} replies a step)" if tally["steps"] else ""))
+        decoded = rates[runs[0]]
+
+        def versus(run: tuple) -> str:  # the median of the per-round ratios to the decoded verdicts
+            return f"{statistics.median(a / b for a, b in zip(rates[run], decoded, strict=True)):.2f}x"
+
+        print(f"{args.rounds} round(s) of {n} posts, medians; vs decoded verdicts on {gguf.name}: "
+              + ", ".join(f"{run[0]} x{run[1]} seq{' (compare)' if run[2] != gguf else ''} {versus(run)}"
+                          for run in runs[1:]))
+        for path in {run[2] for run in runs}:
+            if args.sequences > 1:
+                same = seen[("scores", args.sequences, path)]["scores"] == seen[("scores", 1, path)]["scores"]
+                print(f"{path.name}: {args.sequences} replies side by side vs one at a time: verdict scores "
+                      f"{'identical' if same else 'DIFFERENT'}")
 
 
 def _json_grammar(task: TaskDefinition) -> str:
