@@ -309,8 +309,8 @@ class ExplainerSettings(_Section):
     sequences: int = Field(1, ge=1, le=32, description="Replies each context decodes side by side (verdicts from "
                            "scores; continuous batching, the verdict scores exactly those of one post at a time). Each "
                            "sequence is a KV stream of N_CTX cells (94 MB for SmolLM2 at 4096). On 2 CPU cores with "
-                           "two contexts, 8 gave 1.20x explanations/s on the Q8_0 copy and 1.11x on Q4_1, for about "
-                           "1.5 GB more memory, so 1 is the default")
+                           "two contexts, 8 gave 1.16-1.20x explanations/s on the Q8_0 copy and 1.04-1.11x on Q4_1 "
+                           "(two runs), for about 1.5 GB more memory, so 1 is the default")
     weights: Literal["auto", "as_configured", "q8_0"] = Field(
         "auto", description="auto: the GGUF as configured or a Q8_0 copy of it made here (2-5 bit files up to "
         "1 GiB), whichever a short timing at load finds faster on this CPU (as configured when layers run on a "
