@@ -183,17 +183,15 @@ def load_explainer(settings: Settings, gguf: Path | None = None) -> Explainer:
 
 def explainer_weights(settings: Settings, source: Path) -> WeightsChoice:
     """The weights the explainer runs with on this machine (``explainer.weights``), logged."""
-    import os
-
-    from monitor.explainer.llm import file_fingerprint
+    from monitor.explainer.llm import context_threads, file_fingerprint
     from monitor.explainer.weights import choose_weights
 
     if not source.is_file():
         raise ModelError(f"GGUF file not found: {source}")
     explainer = settings.explainer
-    threads = explainer.n_threads or max(1, (os.cpu_count() or 2) // explainer.n_parallel)
-    choice = choose_weights(source, weights=explainer.weights, threads=threads, fingerprint=file_fingerprint(source),
-                            cache=explainer.weights_cache, gpu_layers=explainer.n_gpu_layers)
+    choice = choose_weights(source, weights=explainer.weights, threads=context_threads(explainer),
+                            fingerprint=file_fingerprint(source), cache=explainer.weights_cache,
+                            gpu_layers=explainer.n_gpu_layers)
     log.info("explainer weights for %s: %s", source.name, choice.describe())
     return choice
 

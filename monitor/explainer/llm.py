@@ -208,6 +208,22 @@ class _Slot:
     out: list[int] = field(default_factory=list)
 
 
+def reads_scores(settings: ExplainerSettings) -> bool:
+    """Whether the verdict is read from scores (the default), not decoded."""
+    return settings.constrained and settings.verdict_from == "scores"
+
+
+def side_by_side(settings: ExplainerSettings) -> int:
+    """Replies a context decodes side by side: ``sequences`` for verdicts read from scores, else one."""
+    return settings.sequences if reads_scores(settings) else 1
+
+
+def context_threads(settings: ExplainerSettings) -> int:
+    """Threads per llama.cpp context of a pool: the configured count, else the cores shared out among
+    its ``n_parallel`` contexts (at least one each)."""
+    return settings.n_threads or max(1, (os.cpu_count() or 2) // settings.n_parallel)
+
+
 def _with_streams(llm: Any, sequences: int) -> None:
     """Give ``llm`` a context of ``sequences`` sequences, each in its own KV stream of ``llm``'s n_ctx
     cells (llama-cpp-python's ``Llama`` makes a one-sequence context); the weights are not loaded again.
@@ -245,7 +261,7 @@ class LlamaExplainer:
         self.model_name = f"{model_path.name}#{self.fingerprint[:8]}{decoded}"
         self.usage = Usage()
         #: Replies decoded side by side (verdicts from scores only; decoded verdicts go one at a time).
-        self.sequences = settings.sequences if self.scores_verdicts else 1
+        self.sequences = side_by_side(settings)
         self._n_ctx = settings.n_ctx  # per sequence
         self._capacity = llm.n_batch  # >= settings.sequences: a step feeds one token per sequence
         self._batch = llama_cpp.llama_batch_init(self._capacity, 0, 1)
@@ -285,8 +301,8 @@ class LlamaExplainer:
         try:
             llm = Llama(model_path=str(model_path), n_ctx=settings.n_ctx, n_threads=threads, n_threads_batch=threads,
                         n_gpu_layers=settings.n_gpu_layers, seed=settings.seed, verbose=False)
-            if settings.sequences > 1 and settings.constrained and settings.verdict_from == "scores":
-                _with_streams(llm, settings.sequences + 1)  # 0 reads prompts, 1..N decode replies
+            if side_by_side(settings) > 1:
+                _with_streams(llm, side_by_side(settings) + 1)  # 0 reads prompts, 1..N decode replies
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"llama.cpp cannot load {model_path}: {exc}") from exc
         return cls(llm, model_path, settings, cache=cache)
@@ -298,7 +314,7 @@ class LlamaExplainer:
     @property
     def scores_verdicts(self) -> bool:
         """Whether the verdict is read from scores (the default), not decoded."""
-        return self.settings.constrained and self.settings.verdict_from == "scores"
+        return reads_scores(self.settings)
 
     @property
     def cache_hits(self) -> int:
@@ -652,25 +668,23 @@ class LlamaExplainer:
     def _decoded(self, request: _Request) -> None:
         """The whole reply decoded (verdict_from=decoding, or unconstrained): one post at a time."""
         grammar = build_grammar(request.task, request.text, request.label) if self.settings.constrained else None
-        waiting: deque[_Request] = deque()
-        while True:
+        retries: deque[_Request] = deque()  # where _failed puts the request back for its second attempt
+        while not request.future.done():
+            retries.clear()
             try:
                 reply = self._generate(request.task, request.text, request.label, grammar,
                                        retry=request.attempt > 1)
                 parsed = parse_reply(reply, request.task, request.text, request.label)
             except ReplyError as exc:
-                self._failed(request, waiting, str(exc), False)
+                self._failed(request, retries, str(exc), False)
             except (ValueError, RuntimeError) as exc:  # llama.cpp: context overflow, grammar, decode errors
-                self._failed(request, waiting, f"llama.cpp: {exc}", True)
+                self._failed(request, retries, f"llama.cpp: {exc}", True)
             else:
                 request.future.set_result((Explanation(
                     verdict=parsed.verdict, predicted_label=request.label, suggested_label=parsed.label,
                     evidence=parsed.evidence, rationale=parsed.reason, evidence_line=parsed.line,
                     llm_model=self.model_name, prompt_version=prompt_version(request.task),
                     latency_s=time.perf_counter() - request.started, attempts=request.attempt), False))
-            if not waiting:
-                return
-            waiting.popleft()
 
     def serve(self, first: _Request, take: Callable[[], _Request | None]) -> None:
         """Answer ``first`` and whatever ``take()`` hands over while replies are in progress, up to
@@ -799,9 +813,7 @@ class ExplainerPool:
     @classmethod
     def load(cls, model_path: Path, settings: ExplainerSettings, *,
              cache: ExplanationCache | None = None) -> ExplainerPool:
-        # Threads per context: the configured count, else the cores shared out (at least one each).
-        threads = settings.n_threads or max(1, (os.cpu_count() or 2) // settings.n_parallel)
-        per_context = settings.model_copy(update={"n_threads": threads})
+        per_context = settings.model_copy(update={"n_threads": context_threads(settings)})
         return cls([LlamaExplainer.load(model_path, per_context, cache=None) for _ in range(settings.n_parallel)],
                    cache=cache)
 

@@ -170,15 +170,14 @@ def choose_weights(source: Path, *, weights: Literal["auto", "as_configured", "q
         return WeightsChoice(chosen, path, {str(k): float(v) for k, v in remembered.get("seconds", {}).items()},
                              "cache", str(remembered.get("why", "")))
     why = not_eligible(file_type(source), source.stat().st_size)
-    if why is not None:
-        seconds: dict[str, float] = {}
-        chosen: Weights = "as_configured"
-    else:
+    seconds: dict[str, float] = {}
+    chosen: Weights = "as_configured"
+    path = source
+    if why is None:
         copy = q8_0_copy(source, cache, fingerprint)
         seconds = time_weights({"as_configured": source, "q8_0": copy}, threads)
-        rates = {name: 1 / value for name, value in seconds.items()}
-        chosen = choose_fastest(rates, baseline="as_configured")
+        chosen = choose_fastest({name: 1 / value for name, value in seconds.items()}, baseline="as_configured")
+        path = copy if chosen == "q8_0" else source
         why = f"on {cpu.model_name}"
     write_entry(cache / CHOICES_FILE, key, {"weights": chosen, "seconds": seconds, "why": why})
-    path = q8_0_copy(source, cache, fingerprint) if chosen == "q8_0" else source
     return WeightsChoice(chosen, path, seconds, "measured", why)
