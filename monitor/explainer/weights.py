@@ -10,8 +10,8 @@ rest of the system: its own file name and fingerprint, so grants and measurement
 
 Only Q8_0 is offered because only it keeps the model. Over 3,711 tokens of 24 Druglib reviews, a Q8_0
 copy of the shipped Q4_1 differed from it by a mean KL of 0.006 a token (the same next token at 94.8%
-of positions). Q4_0 and IQ4_NL copies, which llama.cpp repacks for AVX-512 and which decode about 1.5x
-faster one token at a time, differed by 0.30 and 0.19 (67.5% and 75.9% the same token): other, worse
+of positions). Q4_0 and IQ4_NL copies, which llama.cpp repacks for AVX-512 and which decoded a token
+1.3-1.7x faster in four runs, differed by 0.30 and 0.19 (67.5% and 75.9% the same token): other, worse
 models, not faster versions of the same one.
 
 Pure decisions here; the timing and the copying use llama.cpp (``time_weights``, ``q8_0_copy``).

@@ -14,7 +14,7 @@ process:
 
 What it showed on a 2-core AVX-512 EPYC (the reason ``weights=auto`` offers only Q8_0): the Q8_0 copy
 of the shipped Q4_1 is the same model (KL 0.006), while Q4_0 and IQ4_NL, repacked by llama.cpp and
-about 1.5x faster a decoded token, are other ones (KL 0.30 and 0.19).
+1.3-1.7x faster a decoded token in four runs, are other ones (KL 0.30 and 0.19).
 """
 
 from __future__ import annotations
