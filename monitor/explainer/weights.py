@@ -183,9 +183,10 @@ def choose_weights(source: Path, *, weights: Literal["auto", "as_configured", "q
         copy = q8_0_copy(source, cache, fingerprint)
         seconds = time_weights({"as_configured": source, "q8_0": copy}, threads)
         chosen = choose_fastest({name: 1 / value for name, value in seconds.items()}, baseline="as_configured")
-        path = copy if chosen == "q8_0" else source
         if chosen == "as_configured":  # a copy that lost is never loaded: its disk goes back
             copy.unlink(missing_ok=True)
+        # A worker timing at the same moment may have found the copy slower and removed it: make it again.
+        path = q8_0_copy(source, cache, fingerprint) if chosen == "q8_0" else source
         why = f"on {cpu.model_name}"
     write_entry(cache / CHOICES_FILE, key, {"weights": chosen, "seconds": seconds, "why": why})
     return WeightsChoice(chosen, path, seconds, "measured", why)
