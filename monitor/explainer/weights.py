@@ -8,10 +8,10 @@ steps at load, keeps the faster (by the margin), and remembers the choice per ma
 build, file and thread count, beside the copies (``weights_cache``). A copy is another model to the
 rest of the system: its own file name and fingerprint, so grants and measurements never carry over.
 
-Only Q8_0 is offered because only it keeps the model. Over 3,711 tokens of 24 Druglib reviews, a Q8_0
-copy of the shipped Q4_1 differed from it by a mean KL of 0.006 a token (the same next token at 94.8%
+Only Q8_0 is offered because only it keeps the model. Over 3,606 tokens of 24 Druglib reviews, a Q8_0
+copy of the shipped Q4_1 differed from it by a mean KL of 0.006 a token (the same next token at 95.2%
 of positions). Q4_0 and IQ4_NL copies, which llama.cpp repacks for AVX-512 and which decoded a token
-1.3-1.7x faster in four runs, differed by 0.30 and 0.19 (67.5% and 75.9% the same token): other, worse
+1.3-1.7x faster in five runs, differed by 0.30 and 0.19 (67.4% and 76.1% the same token): other, worse
 models, not faster versions of the same one.
 
 Pure decisions here; the timing and the copying use llama.cpp (``time_weights``, ``q8_0_copy``).
@@ -78,10 +78,24 @@ class WeightsChoice:
         return f"{self.weights} ({self.source}{': ' + timed if timed else ''}{'; ' + self.why if self.why else ''})"
 
 
+def quantise(source: Path, target: Path, file_type: int) -> None:
+    """``source`` requantised by llama.cpp to ``file_type`` (a ``LLAMA_FTYPE_MOSTLY_*``) at ``target``."""
+    import llama_cpp
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = file_type
+    params.allow_requantize = True
+    params.nthread = max(1, os.cpu_count() or 1)
+    with suppress_stdout_stderr(disable=False):  # llama.cpp logs every tensor it converts
+        failed = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
+    if failed:
+        raise ModelError(f"llama.cpp could not requantise {source} to file type {file_type}")
+
+
 def q8_0_copy(source: Path, folder: Path, fingerprint: str) -> Path:
     """``source`` requantised to Q8_0 in ``folder`` (made once; a half-written file is never used)."""
     import llama_cpp
-    from llama_cpp._utils import suppress_stdout_stderr
 
     target = folder / f"{source.stem}.{fingerprint[:8]}.q8_0.gguf"
     if target.is_file():
@@ -90,15 +104,8 @@ def q8_0_copy(source: Path, folder: Path, fingerprint: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=target.name, suffix=".tmp")
     os.close(fd)
     try:
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
-        params.allow_requantize = True
-        params.nthread = max(1, os.cpu_count() or 1)
         log.info("requantising %s to Q8_0 in %s (once)", source.name, folder)
-        with suppress_stdout_stderr(disable=False):  # llama.cpp logs every tensor it converts
-            failed = llama_cpp.llama_model_quantize(str(source).encode(), tmp.encode(), ctypes.byref(params))
-        if failed:
-            raise ModelError(f"llama.cpp could not requantise {source} to Q8_0")
+        quantise(source, Path(tmp), llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0)
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -178,15 +185,15 @@ def choose_weights(source: Path, *, weights: Literal["auto", "as_configured", "q
     why = not_eligible(file_type(source), source.stat().st_size)
     seconds: dict[str, float] = {}
     chosen: Weights = "as_configured"
-    path = source
     if why is None:
         copy = q8_0_copy(source, cache, fingerprint)
         seconds = time_weights({"as_configured": source, "q8_0": copy}, threads)
         chosen = choose_fastest({name: 1 / value for name, value in seconds.items()}, baseline="as_configured")
         if chosen == "as_configured":  # a copy that lost is never loaded: its disk goes back
             copy.unlink(missing_ok=True)
-        # A worker timing at the same moment may have found the copy slower and removed it: make it again.
-        path = q8_0_copy(source, cache, fingerprint) if chosen == "q8_0" else source
         why = f"on {cpu.model_name}"
     write_entry(cache / CHOICES_FILE, key, {"weights": chosen, "seconds": seconds, "why": why})
+    # Asked again (not the copy timed above): a worker timing at the same moment may have found the copy
+    # slower and removed it, and then it is made again.
+    path = q8_0_copy(source, cache, fingerprint) if chosen == "q8_0" else source
     return WeightsChoice(chosen, path, seconds, "measured", why)

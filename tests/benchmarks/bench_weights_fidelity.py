@@ -6,7 +6,7 @@
 Each type is made from the GGUF with llama.cpp's own quantiser (into a temporary folder), then, in one
 process:
 - fidelity: the next-token distributions of the copy against the GGUF's over the first ``--reviews``
-  Druglib reviews (benefits | side effects | comments, at most 400 tokens each): mean KL divergence a
+  Druglib reviews (read as the druglib tasks frame them, at most 400 tokens each): mean KL divergence a
   token, its 99th percentile, and how often both pick the same next token;
 - speed on one thread: a 500-token prompt read at once, then one token at a time and eight at a time
   at position 500 (about where an explanation's reply is decoded after the ~470-token prompt prefix),
@@ -14,14 +14,12 @@ process:
 
 What it showed on a 2-core AVX-512 EPYC (the reason ``weights=auto`` offers only Q8_0): the Q8_0 copy
 of the shipped Q4_1 is the same model (KL 0.006), while Q4_0 and IQ4_NL, repacked by llama.cpp and
-1.3-1.7x faster a decoded token in four runs, are other ones (KL 0.30 and 0.19).
+1.3-1.7x faster a decoded token in five runs, are other ones (KL 0.30 and 0.19).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import ctypes
 import os
 import tempfile
 import time
@@ -35,24 +33,12 @@ SAMPLE = Path(__file__).resolve().parents[2] / "monitor" / "demo_data" / "drugli
 
 
 def reviews(n: int) -> list[str]:
-    csv.field_size_limit(1 << 24)
+    """The first ``n`` Druglib reviews as the druglib tasks frame them (the shared data, else the demo sample)."""
+    from monitor.corpus import load_examples
+    from monitor.tasks import load_task
+
     path = DATA if DATA.is_file() else SAMPLE
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))[:n]
-    return [" | ".join(row[k].strip() for k in ("benefitsReview", "sideEffectsReview", "commentsReview"))
-            for row in rows]
-
-
-def requantise(source: Path, target: Path, file_type: int) -> None:
-    import llama_cpp
-    from llama_cpp._utils import suppress_stdout_stderr
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype, params.allow_requantize, params.nthread = file_type, True, max(1, os.cpu_count() or 1)
-    with suppress_stdout_stderr(disable=False):  # llama.cpp logs every tensor it converts
-        failed = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
-    if failed:
-        raise SystemExit(f"llama.cpp could not requantise {source} to file type {file_type}")
+    return [example.text for example in load_examples(path, load_task("druglib_adverse"), skip_bad_rows=True).examples[:n]]
 
 
 def log_probs(path: Path, texts: list[str]) -> np.ndarray:
@@ -109,6 +95,7 @@ def speeds(paths: dict[str, Path], rounds: int) -> dict[str, tuple[float, float,
 def main() -> None:
     from monitor.config import Settings
     from monitor.cpu_tuning import read_cpu_identity
+    from monitor.explainer.weights import quantise
     from monitor.models import default_gguf_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -126,7 +113,7 @@ def main() -> None:
         paths = {"as shipped": source}
         for name in args.types.split(","):
             paths[name] = Path(folder) / f"copy.{name}.gguf"
-            requantise(source, paths[name], TYPES[name])
+            quantise(source, paths[name], TYPES[name])
         reference = log_probs(source, texts)
         timing = speeds(paths, args.rounds)
         print(f"{source.name} on {read_cpu_identity().model_name}; fidelity over {len(reference)} tokens of "
