@@ -235,6 +235,17 @@ class Explainer:
         return ok, usage.prompt_tokens - before[0], usage.completion_tokens - before[1]
 
 
+def explain_all(pool, task, cases: list[tuple[str, str]]) -> tuple[list, float]:  # noqa: ANN001
+    """Every (post, predicted label) through ``pool``, ``pool.parallel`` at a time as the explain worker
+    feeds it: the explanations, in order, and explanations/s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=pool.parallel) as workers:
+        results = list(workers.map(lambda case: pool.explain(task, *case), cases))
+    return results, len(cases) / (time.perf_counter() - start)
+
+
 def main() -> None:
     from llama_cpp import Llama
 
@@ -335,8 +346,6 @@ def main() -> None:
         # The pipeline's explainer with --pool contexts of one thread each, fed --pool posts at a time
         # (as the explain agent's concurrency does); the other contracts above ran one post at a time
         # with --threads threads, so this row is the same work on the same cores, in parallel.
-        from concurrent.futures import ThreadPoolExecutor
-
         from monitor.explainer.llm import ExplainerPool
 
         # Every pool is loaded once; each round runs the posts through all of them, in rotating order,
@@ -357,10 +366,8 @@ def main() -> None:
             for run in runs[k % len(runs):] + runs[:k % len(runs)]:
                 pool = pools[run]
                 before = pool.usage
-                start = time.perf_counter()
-                with ThreadPoolExecutor(max_workers=pool.parallel) as workers:  # as the explain worker feeds it
-                    results = list(workers.map(lambda case, pool=pool: pool.explain(task, *case), cases))
-                rates[run].append(n / (time.perf_counter() - start))
+                results, rate = explain_all(pool, task, cases)
+                rates[run].append(rate)
                 after = pool.usage
                 tally = seen[run]
                 tally["valid"] = tally.get("valid", 0) + sum(

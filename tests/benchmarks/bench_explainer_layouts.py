@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_explainer import POSTS
+from bench_explainer import POSTS, explain_all
 
 
 def layout(text: str) -> tuple[int, int, int]:
@@ -58,11 +56,8 @@ def main() -> None:
         rates: dict[tuple[int, int, int], list[float]] = {shape: [] for shape in layouts}
         for k in range(args.rounds):
             for shape in layouts[k % len(layouts):] + layouts[:k % len(layouts)]:
-                pool = pools[shape]
-                start = time.perf_counter()
-                with ThreadPoolExecutor(max_workers=pool.parallel) as workers:
-                    results = list(workers.map(lambda case, pool=pool: pool.explain(task, *case), cases))
-                rates[shape].append(len(cases) / (time.perf_counter() - start))
+                results, rate = explain_all(pools[shape], task, cases)
+                rates[shape].append(rate)
                 failed = [result.reason for result in results if result.verdict == "unverified"]
                 if failed:
                     raise SystemExit(f"layout {shape}: {len(failed)} unverified replies, e.g. {failed[0]}")
