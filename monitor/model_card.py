@@ -76,11 +76,16 @@ class DecisionRule(BaseModel):
 
 class StackSpec(BaseModel):
     """A stacked model: the encoder's calibrated log-probabilities and the lexical model's
-    (``monitor.lexical``) combined by a multinomial logistic regression fitted on validation."""
+    (``monitor.lexical``) combined linearly, fitted on validation. ``meta`` says how: ``pool``, one
+    non-negative weight per member and an offset per class (a weighted product of the members'
+    distributions); ``logistic`` (cards made before it), a multinomial logistic regression over both.
+    Either way ``coef`` and ``intercept`` are what serving applies."""
 
     model_config = ConfigDict(frozen=True)
 
     members: list[str] = Field(default_factory=lambda: ["encoder", "lexical"])
+    meta: Literal["logistic", "pool"] = "logistic"
+    weights: list[float] | None = Field(None, description="pool only: each member's weight, in members order")
     encoder_calibration: Calibration
     coef: list[list[float]]  # (labels, 2 * labels): [log p_encoder, log p_lexical]
     intercept: list[float]

@@ -51,7 +51,7 @@ def demo_model(settings: Settings, *, retrain: bool) -> Path:
                             epochs=2, batch_size=16, device=settings.classifier.device, seed=13)
     with training_progress() as progress:
         card = train_model(load_task(TASK), TASK, SAMPLE, folder, data_options=DataOptions(seed=13, train_subsample=700),
-                           balance_options=BalanceOptions(), finetune_config=config, serve="best",
+                           balance_options=BalanceOptions(), finetune_config=config, serve="stack",
                            synonyms=WordNetSynonyms(), progress=progress)
     print_card_summary(card, folder)
     return folder

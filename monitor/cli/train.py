@@ -58,7 +58,7 @@ def print_card_summary(card: ModelCard, out: Path) -> None:
         name = test["task_metric"]["name"]
         compare = Table("member", f"validation {name}", f"test {name}", "test macro-F1", "test micro-F1", "test ECE",
                         title="what the folder holds, each with its own calibration and decision rule "
-                              "(the best on validation serves)")
+                              f"(--serve {card.data.get('stack', {}).get('requested', 'best')})")
         regularisation = card.data.get("stack", {}).get("lexical_regularisation", {}).get("chosen")
         for member, m in members.items():
             label = f"{member} (served)" if member == card.served else member
@@ -97,12 +97,14 @@ def train(
     max_escalation_share: float = typer.Option(0.1, min=0.0, max=1.0, help="Share of posts the threshold may escalate"),
     skip_bad_rows: bool = typer.Option(False, help="Skip (and report) malformed rows instead of failing"),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N (default: classifier.device)"),
-    serve: str = typer.Option("best", help="What the folder serves: best (whichever of the three scores highest "
-                                           "on validation), encoder, lexical (a TF-IDF word+char model, no "
-                                           "torch at inference) or stack (both, combined by a meta-model)"),
+    serve: str = typer.Option("stack", help="What the folder serves: stack (encoder and lexical model combined "
+                                            "by a pool fitted on validation; the encoder when validation is too "
+                                            "small to fit one), best (whichever of the three scores highest on "
+                                            "validation), encoder, or lexical (a TF-IDF word+char model, no torch "
+                                            "at inference)"),
 ) -> None:
     """Fine-tune a classifier with ALEX balancing, fit a word+char lexical model and a stack of the two,
-    calibrate each, and serve the best on validation; write weights, tokenizer and model_card.json.
+    calibrate each, and serve the stack; write weights, tokenizer and model_card.json.
 
     The card compares every member the folder holds on validation (which decided) and on the test split."""
     from monitor.models import default_encoder_path

@@ -29,6 +29,7 @@ def test_model_folder_is_complete_and_described(trained: Path):
         assert (trained / name).exists(), name
     card = read_card(trained)
     assert card.served == "stack" and card.stack is not None
+    assert card.stack.meta == "pool" and len(card.stack.weights) == 2 and min(card.stack.weights) >= 0
     # Every member is scored on validation (the choice of `--serve best`) and on the test split.
     assert set(card.metrics["validation"]["members"]) == set(card.metrics["members"]) == {"encoder", "lexical", "stack"}
     assert card.metrics["members"]["stack"] == card.metrics["test"]

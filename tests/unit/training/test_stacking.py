@@ -102,3 +102,47 @@ def test_on_a_tie_the_plain_lexical_setting_is_kept():
     _, _, _, notes = fit_lexical_member(task, examples, examples, gold, metric_scorer(task), seed=1)
     assert set(notes["validation"].values()) == {1.0}  # every setting separates these perfectly
     assert notes["chosen"] == "C=4, unweighted"
+
+
+def test_the_pool_drops_a_member_that_carries_no_signal():
+    """A lexical member that is pure noise gets a weight near 0, and the stack is as good as the encoder."""
+    rng = np.random.default_rng(5)
+    gold, encoder, _ = _members(1500, seed=5)
+    noise = rng.normal(0, 1.0, (1500, 3))
+    noise_log_p = noise - np.log(np.exp(noise).sum(axis=1, keepdims=True))
+    fitted = fit_stack(Calibration(method="none"), encoder, noise_log_p, gold, 3, seed=1)
+    assert fitted is not None and fitted.spec.meta == "pool"
+    w_encoder, w_lexical = fitted.spec.weights
+    assert w_lexical < 0.1 < w_encoder, fitted.spec.weights
+    fresh_gold, fresh_encoder, _ = _members(5000, seed=6)
+    fresh_noise = rng.normal(0, 1.0, (5000, 3))
+    stacked = fitted.spec.combine(fresh_encoder, fresh_noise - np.log(np.exp(fresh_noise).sum(1, keepdims=True)))
+    assert abs(float((stacked.argmax(1) == fresh_gold).mean()) - float((fresh_encoder.argmax(1) == fresh_gold).mean())) < 0.01
+
+
+def test_the_pool_is_the_likelihood_optimum_and_serves_as_a_coefficient_matrix():
+    """fit_pool's analytic gradient finds the optimum a derivative-free search finds, and the card's
+    coef/intercept reproduce w_e * log p_e + w_l * log p_l + b."""
+    from scipy.optimize import minimize
+
+    from monitor.model_card import stack_features
+    from monitor.training.stacking import OFFSET_L2, fit_pool
+
+    gold, encoder, lexical = _members(600, seed=7)
+    x = stack_features(Calibration(method="none"), encoder, lexical)
+    weights, offsets = fit_pool(x, gold, 3)
+
+    def loss(p: np.ndarray) -> float:
+        z = p[0] * x[:, :3] + p[1] * x[:, 3:] + np.concatenate([[0.0], p[2:]])
+        z = z - z.max(1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
+        return -float(log_p[np.arange(len(gold)), gold].mean()) + OFFSET_L2 * float((p[2:] ** 2).sum())
+
+    search = minimize(loss, np.array([1.0, 1.0, 0.0, 0.0]), method="Nelder-Mead",
+                      options={"xatol": 1e-7, "fatol": 1e-10, "maxiter": 20000})
+    assert loss(np.concatenate([weights, offsets[1:]])) <= search.fun + 1e-6
+    np.testing.assert_allclose(weights, search.x[:2], atol=2e-3)
+    fitted = fit_stack(Calibration(method="none"), encoder, lexical, gold, 3, seed=1)
+    w = fitted.spec.weights
+    expected = w[0] * x[:, :3] + w[1] * x[:, 3:] + np.asarray(fitted.spec.intercept)
+    np.testing.assert_allclose(fitted.spec.combine(encoder, lexical), expected, atol=1e-4)

@@ -1,0 +1,168 @@
+"""Benchmark (not a test): which stack meta-model, and which serving rule, does best on held-out rows?
+
+    .venv/bin/python tests/benchmarks/bench_stack_meta.py FOLDER [FOLDER ...] [--resplits 40] [--out DIR]
+
+Each FOLDER is a model folder trained with its lexical member (``monitor train``, any ``--serve`` but
+encoder) on a file that is still where its card says. The benchmark reads the encoder's logits
+(float32) and the lexical model's log-probabilities for the folder's own validation and test rows,
+pools those held-out rows, and re-splits them at random (stratified, validation as large as the
+folder's) ``--resplits`` times. On each re-split it fits, on the validation part only, what
+``monitor train`` fits: each member's calibration and decision rule, the pooled stack
+(``monitor.training.stacking``, with its head on out-of-fold logits) and, for comparison, the
+multinomial logistic-regression meta-model earlier cards used. It then scores the test part.
+
+Printed per folder: the mean test task metric (and its standard error over re-splits) of each member
+served alone, of each stack, and of choosing by the validation metric (``--serve best``), which is
+what a single split's validation score is worth when it picks the member. The members are trained
+once, so the spread is that of the held-out rows (which is what decides between members), not of
+training. A bar chart goes to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def held_out_outputs(folder: Path) -> dict[str, np.ndarray]:
+    """Gold indices, encoder logits and lexical log-probabilities of the folder's validation rows then
+    its test rows, and how many are validation."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from monitor.classifier import EncoderClassifier
+    from monitor.errors import ConfigError
+    from monitor.lexical import LexicalModel
+    from monitor.model_card import read_card
+    from monitor.tasks import load_task
+    from monitor.training.recipe import model_split
+
+    card = read_card(folder)
+    if not (folder / "lexical.npz").exists():
+        raise ConfigError(f"{folder} has no lexical member: train it with --serve stack or best")
+    task = load_task(card.training.get("task_source", card.task))
+    data = Path(card.data["file"])
+    # The encoder alone, whatever the folder serves.
+    encoder_card = card.model_copy(update={"serves": "encoder", "stack": None})
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    encoder = EncoderClassifier(model, AutoTokenizer.from_pretrained(folder), encoder_card, device="cpu",
+                                batch_size=32, weights="float32")
+    lexical = LexicalModel.load(folder)
+    rows = {split: model_split(card, task, data, split) for split in ("validation", "test")}
+    if any(split is None for split in rows.values()):
+        raise ConfigError(f"{data} is not the file {folder} was trained on (its sha256 differs)")
+    examples = rows["validation"] + rows["test"]
+    texts = [e.text for e in examples]
+    return {"gold": np.array([task.labels.index(e.label) for e in examples]), "encoder": encoder.encoder_logits(texts),
+            "lexical": lexical.read_posts(texts), "validation_rows": np.array(len(rows["validation"]))}
+
+
+def logistic_stack(calibration, encoder: np.ndarray, lexical: np.ndarray, gold: np.ndarray, labels: int,
+                   folds: int, seed: int = 13):  # noqa: ANN001, ANN201
+    """The earlier meta-model: multinomial logistic regression (C=1) over both members' log-probabilities,
+    with out-of-fold logits on validation; returns (oof logits, a function of test outputs)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    from monitor.lexical import full_coefficients
+    from monitor.model_card import stack_features
+
+    x = stack_features(calibration, encoder, lexical)
+    oof = np.zeros((len(gold), labels))
+    for kept, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, gold):
+        coef, intercept = full_coefficients(LogisticRegression(max_iter=2000, random_state=seed).fit(x[kept], gold[kept]),
+                                            labels)
+        oof[held] = x[held] @ coef.T + intercept
+    coef, intercept = full_coefficients(LogisticRegression(max_iter=2000, random_state=seed).fit(x, gold), labels)
+    return oof, lambda e, lx: stack_features(calibration, e, lx) @ coef.T + intercept
+
+
+def resplit_scores(task, outputs: dict[str, np.ndarray], resplits: int) -> tuple[dict[str, list[float]], list]:  # noqa: ANN001
+    from sklearn.model_selection import train_test_split
+
+    from monitor.training.recipe import choose_member, fit_head, metric_scorer
+    from monitor.training.stacking import fit_stack
+
+    score = metric_scorer(task)
+    gold, enc, lex = outputs["gold"], outputs["encoder"], outputs["lexical"]
+    labels = len(task.labels)
+    results: dict[str, list[float]] = {}
+    weights = []
+    for r in range(resplits):
+        val, test = train_test_split(np.arange(len(gold)), train_size=int(outputs["validation_rows"]),
+                                     stratify=gold, random_state=r)
+        vg, tg = gold[val], gold[test]
+        encoder_head = fit_head(task, enc[val], vg, score, dtype="float32", seed=13)
+        members = {"encoder": (enc[val], enc[test], "float32"), "lexical": (lex[val], lex[test], "float64")}
+        pooled = fit_stack(encoder_head.calibration, enc[val], lex[val], vg, labels)
+        if pooled is not None:
+            weights.append(pooled.spec.weights)
+            members["stack (pool)"] = (pooled.oof_logits, pooled.spec.combine(enc[test], lex[test]), "float32")
+            oof, combine = logistic_stack(encoder_head.calibration, enc[val], lex[val], vg, labels, pooled.spec.folds)
+            members["stack (logistic)"] = (oof, combine(enc[test], lex[test]), "float32")
+        on_validation = {}
+        for name, (v, t, dtype) in members.items():
+            head = fit_head(task, v, vg, score, dtype=dtype, seed=13)
+            results.setdefault(name, []).append(head.scored(t, tg, score))
+            on_validation[name] = head.scored(v, vg, score)
+        for stack in ("stack (pool)", "stack (logistic)"):
+            if stack in on_validation:
+                pick = choose_member({"encoder": on_validation["encoder"], "lexical": on_validation["lexical"],
+                                      "stack": on_validation[stack]})
+                results.setdefault(f"best on validation, {stack}", []).append(
+                    results[stack if pick == "stack" else pick][-1])
+    return results, weights
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from rich.console import Console
+    from rich.table import Table
+
+    from monitor.evaluation import pyplot
+    from monitor.model_card import read_card
+    from monitor.tasks import load_task
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", type=Path, nargs="+")
+    parser.add_argument("--resplits", type=int, default=40)
+    parser.add_argument("--out", type=Path, default=Path("bench-stack-meta"))
+    args = parser.parse_args()
+    console = Console()
+    args.out.mkdir(parents=True, exist_ok=True)
+    plotted = []
+    for folder in args.folders:
+        card = read_card(folder)
+        task = load_task(card.training.get("task_source", card.task))
+        outputs = held_out_outputs(folder)
+        results, weights = resplit_scores(task, outputs, args.resplits)
+        table = Table("served", f"mean test {task.metric}", "standard error",
+                      title=f"{task.name} ({folder}): {args.resplits} re-splits of {len(outputs['gold'])} held-out rows, "
+                            f"validation {int(outputs['validation_rows'])}")
+        for name, values in results.items():
+            table.add_row(name, f"{np.mean(values):.4f}", f"{np.std(values) / np.sqrt(len(values)):.4f}")
+        console.print(table)
+        if weights:
+            mean = np.mean(weights, axis=0)
+            console.print(f"pool weights (mean): encoder {mean[0]:.2f}, lexical {mean[1]:.2f}")
+        plotted.append((task.name, results))
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(plotted), figsize=(4.5 * len(plotted), 4), squeeze=False)
+    for ax, (name, results) in zip(axes[0], plotted, strict=True):
+        names = list(results)
+        means = [np.mean(results[n]) for n in names]
+        errors = [np.std(results[n]) / np.sqrt(len(results[n])) for n in names]
+        ax.barh(range(len(names)), means, xerr=errors, color="#4c72b0")
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_xlim(min(means) - 0.05, max(means) + 0.03)
+        ax.set_title(name, fontsize=9)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(args.out / "stack_meta.png", dpi=110)
+    console.print(f"plot: {args.out / 'stack_meta.png'}")
+
+
+if __name__ == "__main__":
+    main()
