@@ -167,7 +167,7 @@ def fit_lexical_member(task: TaskDefinition, train: Sequence[Example], val: Sequ
     tried: dict[str, float] = {}
     best = None
     for setting, model in zip(REGULARISATION_GRID, models, strict=True):
-        log_proba = model.log_proba(val_texts)
+        log_proba = model.read_posts(val_texts)  # as a worker reads posts (cut at LEXICAL_CHARS)
         head = fit_head(task, log_proba, val_gold, tuned_for, dtype="float64", seed=seed)
         value = head.scored(log_proba, val_gold, score)
         tried[setting.name()] = round(value, 6)
@@ -318,7 +318,7 @@ def train_model(
         lexical, lexical_head, lexical_val, stack_notes["lexical_regularisation"] = fit_lexical_member(
             task, prepared.train, prepared.splits.val, val_gold, tuned_for, seed=data_options.seed)
         stack_notes["lexical_seconds"] = round(time.monotonic() - lexical_started, 1)
-        lexical_test = lexical.log_proba([e.text for e in test])
+        lexical_test = lexical.read_posts([e.text for e in test])
         members["lexical"] = lexical_head.report(task, lexical_test, test_gold).as_dict()
         candidates["lexical"] = (lexical_head, lexical_val, lexical_test)
         stack_notes["lexical_features"] = {name: len(v) for name, v in lexical.vocabularies.items()}

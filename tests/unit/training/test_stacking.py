@@ -85,9 +85,9 @@ def test_the_lexical_member_takes_the_regularisation_best_on_validation():
     assert list(tried) == [setting.name() for setting in REGULARISATION_GRID]
     best = max(tried.values())
     assert notes["chosen"] == next(name for name, value in tried.items() if value == best)
-    served = head.decision.apply(head.calibration.apply(model.log_proba([e.text for e in val])))
+    served = head.decision.apply(head.calibration.apply(model.read_posts([e.text for e in val])))
     assert round(float(metric_scorer(task)(served, val_gold)), 6) == tried[notes["chosen"]]
-    np.testing.assert_allclose(log_proba, model.log_proba([e.text for e in val]))
+    np.testing.assert_allclose(log_proba, model.read_posts([e.text for e in val]))
 
 
 def test_on_a_tie_the_plain_lexical_setting_is_kept():
