@@ -1,6 +1,7 @@
 """Benchmark (not a test): which stack meta-model, and which serving rule, does best on held-out rows?
 
     .venv/bin/python tests/benchmarks/bench_stack_meta.py FOLDER [FOLDER ...] [--resplits 40] [--out DIR]
+    .venv/bin/python tests/benchmarks/bench_stack_meta.py FOLDER --single finetune_plain=OTHER_FOLDER ...
 
 Each FOLDER is a model folder trained with its lexical member (``monitor train``, any ``--serve`` but
 encoder) on a file that is still where its card says. The benchmark reads the encoder's logits
@@ -9,7 +10,11 @@ pools those held-out rows, and re-splits them at random (stratified, validation 
 folder's) ``--resplits`` times. On each re-split it fits, on the validation part only, what
 ``monitor train`` fits: each member's calibration and decision rule, the pooled stack
 (``monitor.training.stacking``, with its head on out-of-fold logits) and, for comparison, the
-multinomial logistic-regression meta-model earlier cards used. It then scores the test part.
+multinomial logistic-regression meta-model earlier cards used. It then scores the test part. The
+ablation's TF-IDF floor (``tfidf_lr``, arg-max, trained on the folder's training split) and each
+``--single`` folder (another fine-tune of the same task, data and split, with its own recipe's head)
+are scored on the same re-splits, so the stack is compared with the best single model in expectation
+(the paired difference over re-splits), not on one split of a few hundred rows.
 
 Printed per folder: the mean test task metric (and its standard error over re-splits) of each member
 served alone, of each stack, and of choosing by the validation metric (``--serve best``), which is
@@ -27,36 +32,55 @@ from pathlib import Path
 import numpy as np
 
 
-def held_out_outputs(folder: Path) -> dict[str, np.ndarray]:
-    """Gold indices, encoder logits and lexical log-probabilities of the folder's validation rows then
-    its test rows, and how many are validation."""
+def _encoder_logits(folder: Path, texts: list[str]) -> np.ndarray:
+    """The folder's encoder alone (float32 on the CPU), whatever the folder serves."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from monitor.classifier import EncoderClassifier
+    from monitor.model_card import read_card
+
+    card = read_card(folder).model_copy(update={"serves": "encoder", "stack": None})
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    return EncoderClassifier(model, AutoTokenizer.from_pretrained(folder), card, device="cpu", batch_size=32,
+                             weights="float32").encoder_logits(texts)
+
+
+def held_out_outputs(folder: Path, singles: dict[str, Path]) -> dict[str, np.ndarray]:
+    """Gold indices of the folder's validation rows then its test rows, how many are validation, the
+    encoder's logits and the lexical model's log-probabilities of them, the TF-IDF floor's
+    (``tfidf_lr``, trained on the training split) and the encoder logits of each other folder in
+    ``singles`` (same task, data and split)."""
     from monitor.errors import ConfigError
     from monitor.lexical import LexicalModel
     from monitor.model_card import read_card
     from monitor.tasks import load_task
-    from monitor.training.recipe import model_split
+    from monitor.training.ablation import tfidf_floor
+    from monitor.training.recipe import DataOptions, model_split, prepare
 
     card = read_card(folder)
     if not (folder / "lexical.npz").exists():
         raise ConfigError(f"{folder} has no lexical member: train it with --serve stack or best")
     task = load_task(card.training.get("task_source", card.task))
     data = Path(card.data["file"])
-    # The encoder alone, whatever the folder serves.
-    encoder_card = card.model_copy(update={"serves": "encoder", "stack": None})
-    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-    encoder = EncoderClassifier(model, AutoTokenizer.from_pretrained(folder), encoder_card, device="cpu",
-                                batch_size=32, weights="float32")
-    lexical = LexicalModel.load(folder)
     rows = {split: model_split(card, task, data, split) for split in ("validation", "test")}
     if any(split is None for split in rows.values()):
         raise ConfigError(f"{data} is not the file {folder} was trained on (its sha256 differs)")
     examples = rows["validation"] + rows["test"]
     texts = [e.text for e in examples]
-    return {"gold": np.array([task.labels.index(e.label) for e in examples]), "encoder": encoder.encoder_logits(texts),
-            "lexical": lexical.read_posts(texts), "validation_rows": np.array(len(rows["validation"]))}
+    split = card.data["split"]
+    train = prepare(task, data, DataOptions(seed=split["seed"], val_fraction=split["val_fraction"],
+                                            test_fraction=split["test_fraction"])).train
+    floor, _ = tfidf_floor(task, train, examples, split["seed"])
+    outputs = {"gold": np.array([task.labels.index(e.label) for e in examples]),
+               "validation_rows": np.array(len(rows["validation"])), "encoder": _encoder_logits(folder, texts),
+               "lexical": LexicalModel.load(folder).read_posts(texts), "tfidf_lr": np.log(np.clip(floor, 1e-12, 1))}
+    for name, other in singles.items():
+        other_card = read_card(other)
+        if other_card.data.get("sha256") != card.data.get("sha256") or other_card.data.get("split") != split:
+            raise ConfigError(f"{other} was not trained on the same data and split as {folder}")
+        outputs[name] = _encoder_logits(other, texts)
+        outputs[f"{name} tunes biases"] = np.array(other_card.data["balancing"]["options"]["tune_biases"])
+    return outputs
 
 
 def logistic_stack(calibration, encoder: np.ndarray, lexical: np.ndarray, gold: np.ndarray, labels: int,
@@ -79,7 +103,8 @@ def logistic_stack(calibration, encoder: np.ndarray, lexical: np.ndarray, gold: 
     return oof, lambda e, lx: stack_features(calibration, e, lx) @ coef.T + intercept
 
 
-def resplit_scores(task, outputs: dict[str, np.ndarray], resplits: int) -> tuple[dict[str, list[float]], list]:  # noqa: ANN001
+def resplit_scores(task, outputs: dict[str, np.ndarray], singles: list[str], resplits: int  # noqa: ANN001
+                   ) -> tuple[dict[str, list[float]], list]:
     from sklearn.model_selection import train_test_split
 
     from monitor.training.recipe import choose_member, fit_head, metric_scorer
@@ -94,6 +119,12 @@ def resplit_scores(task, outputs: dict[str, np.ndarray], resplits: int) -> tuple
         val, test = train_test_split(np.arange(len(gold)), train_size=int(outputs["validation_rows"]),
                                      stratify=gold, random_state=r)
         vg, tg = gold[val], gold[test]
+        # The floor is arg-max, as in the ablation; the other fine-tunes get their recipe's head.
+        results.setdefault("tfidf_lr", []).append(float(score(outputs["tfidf_lr"][test].argmax(1), tg)))
+        for name in singles:
+            head = fit_head(task, outputs[name][val], vg, score if outputs[f"{name} tunes biases"] else None,
+                            dtype="float32", seed=13)
+            results.setdefault(name, []).append(head.scored(outputs[name][test], tg, score))
         encoder_head = fit_head(task, enc[val], vg, score, dtype="float32", seed=13)
         members = {"encoder": (enc[val], enc[test], "float32"), "lexical": (lex[val], lex[test], "float64")}
         pooled = fit_stack(encoder_head.calibration, enc[val], lex[val], vg, labels)
@@ -127,6 +158,10 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", type=Path, nargs="+")
+    parser.add_argument("--single", action="append", default=[], metavar="NAME=FOLDER",
+                        help="another fine-tuned folder of the first folder's task, data and split, scored alone "
+                             "with its recipe's head (e.g. finetune_plain=/tmp/acc3/druglib_sentiment/finetune_plain); "
+                             "repeatable; only with one folder")
     parser.add_argument("--resplits", type=int, default=40)
     parser.add_argument("--out", type=Path, default=Path("bench-stack-meta"))
     args = parser.parse_args()
@@ -136,14 +171,25 @@ def main() -> None:
     for folder in args.folders:
         card = read_card(folder)
         task = load_task(card.training.get("task_source", card.task))
-        outputs = held_out_outputs(folder)
-        results, weights = resplit_scores(task, outputs, args.resplits)
+        singles = dict(item.split("=", 1) for item in args.single)
+        if singles and len(args.folders) > 1:
+            parser.error("--single goes with one folder")
+        outputs = held_out_outputs(folder, {name: Path(path) for name, path in singles.items()})
+        results, weights = resplit_scores(task, outputs, list(singles), args.resplits)
         table = Table("served", f"mean test {task.metric}", "standard error",
                       title=f"{task.name} ({folder}): {args.resplits} re-splits of {len(outputs['gold'])} held-out rows, "
                             f"validation {int(outputs['validation_rows'])}")
         for name, values in results.items():
             table.add_row(name, f"{np.mean(values):.4f}", f"{np.std(values) / np.sqrt(len(values)):.4f}")
         console.print(table)
+        alone = [name for name in ("tfidf_lr", *singles, "encoder", "lexical") if name in results]
+        best = max(alone, key=lambda name: np.mean(results[name]))
+        for served in ("stack (pool)", "best on validation, stack (pool)"):
+            if served in results:
+                gap = np.array(results[served]) - np.array(results[best])
+                console.print(f"{served} - best single model ({best}): {gap.mean():+.4f} "
+                              f"(paired standard error {gap.std() / np.sqrt(len(gap)):.4f}; ahead in "
+                              f"{int((gap > 0).sum())} of {len(gap)} re-splits, level in {int((gap == 0).sum())})")
         if weights:
             mean = np.mean(weights, axis=0)
             console.print(f"pool weights (mean): encoder {mean[0]:.2f}, lexical {mean[1]:.2f}")
