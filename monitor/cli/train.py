@@ -36,6 +36,10 @@ def print_card_summary(card: ModelCard, out: Path) -> None:
     table.add_row("test micro-F1", f"{test['micro_f1']:.4f}")
     table.add_row("validation ECE before -> after", f"{val['ece_before']:.4f} -> {val['ece_after']:.4f}")
     table.add_row("test ECE before -> after", f"{raw['ece']:.4f} -> {test['ece']:.4f}")
+    if test.get("ece_if_calibrated") is not None:
+        table.add_row("test ECE of a calibrated model (same confidences, same rows)",
+                      f"{test['ece_if_calibrated']:.4f} on average, {test['ece_if_calibrated_p95']:.4f} at the "
+                      f"95th percentile ({test['n']} rows)")
     if card.calibration is not None:
         cal = card.calibration
         how = {"temperature": f"temperature {cal.temperature:.3f}", "vector": "vector scaling",

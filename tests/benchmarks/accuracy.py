@@ -101,6 +101,11 @@ def verdict(rows: list[dict], name: str) -> list[str]:
     lines = [f"`monitor train` serves the {served['serves']} (validation {served['task_metric_name']}: {chosen}); "
              f"on the test split it {how} the best single model ({single['variant']}, {single['task_metric']:.4f} "
              f"vs {served['task_metric']:.4f})."]
+    ece, floor = served.get("ece"), served.get("ece_if_calibrated")
+    if ece is not None:
+        lines.append(f"Goal test ECE <= 0.05: {ece:.4f} ({'met' if ece <= 0.05 else 'missed'})"
+                     + (f"; a perfectly calibrated model with the served confidences would show {floor:.4f} "
+                        f"on these rows, on average." if floor is not None else "."))
     for measure, goal in GOALS.get(name, []):
         value = served[measure]
         lines.append(f"Goal {measure} >= {goal}: {value:.4f} ({'met' if value >= goal else 'missed'}).")

@@ -48,3 +48,26 @@ def test_evaluate_report_and_plots(tmp_path):
         plot_precision_recall(gold, probs, LABELS, tmp_path / "pr.png", title="t"),
     ):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_ece_of_a_calibrated_model_is_known_and_a_miscalibrated_one_exceeds_it():
+    """Rows right with probability their confidence: the measured ECE sits under the 95th percentile
+    ece_if_calibrated gives, which is larger on 70 rows than on 5,000; an overconfident model's ECE is above it."""
+    from monitor.evaluation import ece_if_calibrated, expected_calibration_error
+
+    rng = np.random.default_rng(11)
+    inside = 0
+    for trial in range(40):
+        confidence = rng.uniform(0.4, 1.0, 300)
+        correct = rng.random(300) < confidence
+        mean, p95 = ece_if_calibrated(confidence, seed=trial)
+        assert 0 < mean < p95
+        inside += expected_calibration_error(confidence, correct) <= p95
+    assert inside >= 34  # about 95% of 40
+    small, _ = ece_if_calibrated(rng.uniform(0.4, 1.0, 70))
+    large, _ = ece_if_calibrated(rng.uniform(0.4, 1.0, 5000))
+    assert small > 0.06 and large < 0.02 and small > 4 * large
+    confidence = rng.uniform(0.6, 1.0, 600)
+    overconfident = rng.random(600) < confidence - 0.15
+    assert expected_calibration_error(confidence, overconfident) > ece_if_calibrated(confidence)[1]
+    assert ece_if_calibrated(np.array([])) == (0.0, 0.0)
