@@ -23,6 +23,10 @@ def _print_report(report, title: str) -> None:  # noqa: ANN001 - monitor.evaluat
     console.print(table)
     console.print(f"{report.task_metric_name}: [bold]{report.task_metric:.4f}[/]   macro-F1 {report.macro_f1:.4f}   "
                   f"micro-F1 {report.micro_f1:.4f}   ECE {report.ece:.4f}   n={report.n}")
+    if report.ece_if_calibrated is not None:
+        console.print(f"a perfectly calibrated model with these confidences would show ECE "
+                      f"{report.ece_if_calibrated:.4f} on {report.n} rows on average "
+                      f"({report.ece_if_calibrated_p95:.4f} at the 95th percentile)")
     matrix = Table("gold \\ predicted", *report.labels, title="confusion")
     for label, row in zip(report.labels, report.confusion, strict=True):
         matrix.add_row(label, *map(str, row))
