@@ -14,7 +14,9 @@ multinomial logistic-regression meta-model earlier cards used. It then scores th
 ablation's TF-IDF floor (``tfidf_lr``, arg-max, trained on the folder's training split) and each
 ``--single`` folder (another fine-tune of the same task, data and split, with its own recipe's head)
 are scored on the same re-splits, so the stack is compared with the best single model in expectation
-(the paired difference over re-splits), not on one split of a few hundred rows.
+(the paired difference over re-splits), not on one split of a few hundred rows. The floor is also
+scored as a lexical member would be (with its own calibration and decision rule, and pooled with the
+encoder in the lexical model's place).
 
 Printed per folder: the mean test task metric (and its standard error over re-splits) of each member
 served alone, of each stack, and of choosing by the validation metric (``--serve best``), which is
@@ -120,7 +122,8 @@ def resplit_scores(task, outputs: dict[str, np.ndarray], singles: list[str], res
                                      stratify=gold, random_state=r)
         vg, tg = gold[val], gold[test]
         # The floor is arg-max, as in the ablation; the other fine-tunes get their recipe's head.
-        results.setdefault("tfidf_lr", []).append(float(score(outputs["tfidf_lr"][test].argmax(1), tg)))
+        floor = outputs["tfidf_lr"]
+        results.setdefault("tfidf_lr", []).append(float(score(floor[test].argmax(1), tg)))
         for name in singles:
             head = fit_head(task, outputs[name][val], vg, score if outputs[f"{name} tunes biases"] else None,
                             dtype="float32", seed=13)
@@ -133,6 +136,12 @@ def resplit_scores(task, outputs: dict[str, np.ndarray], singles: list[str], res
             members["stack (pool)"] = (pooled.oof_logits, pooled.spec.combine(enc[test], lex[test]), "float32")
             oof, combine = logistic_stack(encoder_head.calibration, enc[val], lex[val], vg, labels, pooled.spec.folds)
             members["stack (logistic)"] = (oof, combine(enc[test], lex[test]), "float32")
+        # The floor as a lexical member would be: its own head, and pooled with the encoder.
+        members["tfidf_lr with a head"] = (floor[val], floor[test], "float64")
+        pooled_floor = fit_stack(encoder_head.calibration, enc[val], floor[val], vg, labels)
+        if pooled_floor is not None:
+            members["stack (pool of encoder and tfidf_lr)"] = (
+                pooled_floor.oof_logits, pooled_floor.spec.combine(enc[test], floor[test]), "float32")
         on_validation = {}
         for name, (v, t, dtype) in members.items():
             head = fit_head(task, v, vg, score, dtype=dtype, seed=13)
