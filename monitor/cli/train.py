@@ -29,9 +29,17 @@ def print_card_summary(card: ModelCard, out: Path) -> None:
     table.add_column("value", justify="right")
     decision = card.decision
     tuned = decision is not None and decision.kind == "log_bias"
+    rule = "arg-max"
+    if decision is not None and decision.fitted == "prior":
+        rule = "prior-corrected arg-max, for its metric"
+    elif decision is not None and decision.fitted == "argmax":
+        rule = "arg-max, for its metric"
+    elif tuned:
+        rule = "tuned biases"
+    elif decision is not None and decision.tuned_for:
+        rule = "arg-max, no bias helped"
     table.add_row(f"test {test['task_metric']['name']} (arg-max)", f"{raw['task_metric']['value']:.4f}")
-    table.add_row(f"test {test['task_metric']['name']} ({'tuned biases' if tuned else 'arg-max, no bias helped'})",
-                  f"{test['task_metric']['value']:.4f}")
+    table.add_row(f"test {test['task_metric']['name']} ({rule})", f"{test['task_metric']['value']:.4f}")
     table.add_row("test macro-F1", f"{test['macro_f1']:.4f}")
     table.add_row("test micro-F1", f"{test['micro_f1']:.4f}")
     table.add_row("validation ECE before -> after", f"{val['ece_before']:.4f} -> {val['ece_after']:.4f}")

@@ -35,7 +35,13 @@ from monitor.model_card import Calibration, DecisionRule, ModelCard, softmax, wr
 from monitor.models import file_sha256
 from monitor.tasks import TaskDefinition
 from monitor.training import augment, balance
-from monitor.training.calibrate import choose_threshold, fit_calibration, fit_decision
+from monitor.training.calibrate import (
+    DecisionPolicy,
+    choose_threshold,
+    decision_policy,
+    fit_calibration,
+    fit_decision,
+)
 from monitor.corpus import Example, label_counts, load_examples
 from monitor.encoding import normalise_text
 from monitor.training.data import Splits, split_examples
@@ -147,9 +153,13 @@ class Head:
 
 
 def fit_head(task: TaskDefinition, logits: np.ndarray, gold: np.ndarray, score: Any, *, dtype: str,
-             seed: int) -> Head:
+             seed: int, policy: DecisionPolicy | None = None) -> Head:
+    """Calibration, then the decision rule ``policy`` says (default: the one for the task's metric)."""
     calibration = fit_calibration(logits, gold, dtype=dtype, seed=seed)
-    return Head(calibration, fit_decision(calibration.apply(logits), gold, score, metric=task.metric))
+    if policy is None:
+        policy = decision_policy(task.metric, over_all_labels=not task.metric_labels
+                                 or set(task.metric_labels) == set(task.labels))
+    return Head(calibration, fit_decision(calibration.apply(logits), gold, score, metric=task.metric, policy=policy))
 
 
 def fit_lexical_member(task: TaskDefinition, train: Sequence[Example], val: Sequence[Example], val_gold: np.ndarray,

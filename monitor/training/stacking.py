@@ -43,8 +43,9 @@ def stack_folds(gold: np.ndarray, *, most: int = 5) -> int:
 
 
 def pool_matrix(weights: np.ndarray, labels: int) -> np.ndarray:
-    """The pool as a (labels, 2 * labels) coefficient matrix over [log p_encoder, log p_lexical]."""
-    return np.concatenate([weights[0] * np.eye(labels), weights[1] * np.eye(labels)], axis=1)
+    """The pool as a (labels, members * labels) coefficient matrix over the members' log-probabilities
+    side by side ([log p_encoder, log p_lexical, ...])."""
+    return np.concatenate([w * np.eye(labels) for w in weights], axis=1)
 
 
 def fit_pool(features: np.ndarray, gold: np.ndarray, labels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,41 +55,50 @@ def fit_pool(features: np.ndarray, gold: np.ndarray, labels: int) -> tuple[np.nd
 
     features = np.asarray(features, dtype=np.float64)
     gold = np.asarray(gold, dtype=np.int64)
-    members = np.stack([features[:, :labels], features[:, labels:]])  # (2, rows, labels)
+    count = features.shape[1] // labels
+    members = features.reshape(len(features), count, labels).transpose(1, 0, 2)  # (members, rows, labels)
     onehot = np.eye(labels)[gold]
 
     def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
-        weights, offsets = params[:2], np.concatenate([[0.0], params[2:]])
+        weights, offsets = params[:count], np.concatenate([[0.0], params[count:]])
         z = np.tensordot(weights, members, axes=1) + offsets
         z -= z.max(axis=1, keepdims=True)
         log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         residual = (np.exp(log_p) - onehot) / len(gold)  # d(mean NLL)/dz
-        value = -float((log_p * onehot).sum()) / len(gold) + OFFSET_L2 * float((params[2:] ** 2).sum())
+        value = -float((log_p * onehot).sum()) / len(gold) + OFFSET_L2 * float((params[count:] ** 2).sum())
         grad = np.concatenate([(residual * members).sum(axis=(1, 2)),
-                               residual.sum(axis=0)[1:] + 2 * OFFSET_L2 * params[2:]])
+                               residual.sum(axis=0)[1:] + 2 * OFFSET_L2 * params[count:]])
         return value, grad
 
-    start = np.concatenate([[0.5, 0.5], np.zeros(labels - 1)])
-    bounds = [(0.0, None), (0.0, None)] + [(None, None)] * (labels - 1)
+    start = np.concatenate([np.full(count, 0.5), np.zeros(labels - 1)])
+    bounds = [(0.0, None)] * count + [(None, None)] * (labels - 1)
     params = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds).x
-    return params[:2], np.concatenate([[0.0], params[2:]])
+    return params[:count], np.concatenate([[0.0], params[count:]])
+
+
+def pool_out_of_fold(features: np.ndarray, gold: np.ndarray, labels: int, folds: int, *, seed: int = 13
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(member weights, class offsets, out-of-fold logits): the pool fitted on every row, and each row's
+    logits from a pool fitted in ``folds`` stratified folds without it."""
+    from sklearn.model_selection import StratifiedKFold
+
+    oof = np.zeros((len(gold), labels))
+    for kept, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(features, gold):
+        weights, offsets = fit_pool(features[kept], gold[kept], labels)
+        oof[held] = features[held] @ pool_matrix(weights, labels).T + offsets
+    weights, offsets = fit_pool(features, gold, labels)
+    return weights, offsets, oof
 
 
 def fit_stack(encoder_calibration: Calibration, encoder_logits: np.ndarray, lexical_log_proba: np.ndarray,
               gold: np.ndarray, labels: int, *, seed: int = 13) -> StackFit | None:
     """The stack fitted on validation, with out-of-fold logits; None when validation is too small."""
-    from sklearn.model_selection import StratifiedKFold
-
     gold = np.asarray(gold, dtype=np.int64)
     folds = stack_folds(gold)
     if not folds:
         return None
     x = stack_features(encoder_calibration, encoder_logits, lexical_log_proba)
-    oof = np.zeros((len(gold), labels))
-    for kept, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, gold):
-        weights, offsets = fit_pool(x[kept], gold[kept], labels)
-        oof[held] = x[held] @ pool_matrix(weights, labels).T + offsets
-    weights, offsets = fit_pool(x, gold, labels)
+    weights, offsets, oof = pool_out_of_fold(x, gold, labels, folds, seed=seed)
     spec = StackSpec(meta="pool", weights=[round(float(w), 6) for w in weights],
                      encoder_calibration=encoder_calibration, coef=pool_matrix(weights, labels).tolist(),
                      intercept=offsets.tolist(), folds=folds)

@@ -11,7 +11,7 @@ folder's) ``--resplits`` times. On each re-split it fits, on the validation part
 ``monitor train`` fits: each member's calibration and decision rule, the pooled stack
 (``monitor.training.stacking``, with its head on out-of-fold logits) and, for comparison, the
 multinomial logistic-regression meta-model earlier cards used. It then scores the test part. The
-ablation's TF-IDF floor (``tfidf_lr``, arg-max, trained on the folder's training split) and each
+ablation's TF-IDF floor (``tfidf_lr``, arg-max, trained on the rows the folder trained on) and each
 ``--single`` folder (another fine-tune of the same task, data and split, with its own recipe's head)
 are scored on the same re-splits, so the stack is compared with the best single model in expectation
 (the paired difference over re-splits), not on one split of a few hundred rows. The floor is also
@@ -70,8 +70,12 @@ def held_out_outputs(folder: Path, singles: dict[str, Path]) -> dict[str, np.nda
     examples = rows["validation"] + rows["test"]
     texts = [e.text for e in examples]
     split = card.data["split"]
+    # The rows the folder trained on: its training split, subsampled as its run was (--train-subsample).
     train = prepare(task, data, DataOptions(seed=split["seed"], val_fraction=split["val_fraction"],
-                                            test_fraction=split["test_fraction"])).train
+                                            test_fraction=split["test_fraction"],
+                                            train_subsample=split.get("train_subsample"))).train
+    if len(train) != split.get("train_used", len(train)):
+        raise ConfigError(f"{data} gives {len(train)} training rows, {folder} trained on {split['train_used']}")
     floor, _ = tfidf_floor(task, train, examples, split["seed"])
     outputs = {"gold": np.array([task.labels.index(e.label) for e in examples]),
                "validation_rows": np.array(len(rows["validation"])), "encoder": _encoder_logits(folder, texts),
@@ -105,18 +109,25 @@ def logistic_stack(calibration, encoder: np.ndarray, lexical: np.ndarray, gold: 
     return oof, lambda e, lx: stack_features(calibration, e, lx) @ coef.T + intercept
 
 
+#: Members also scored under each decision policy (``training.calibrate.decision_policy`` picks one
+#: by the task's metric for the rows without a suffix).
+DECISION_VARIANTS = ("encoder", "lexical", "stack (pool)", "tfidf_lr with a head")
+POLICY_NAMES = {"tuned": "tuned biases", "argmax": "arg-max", "prior": "prior-corrected arg-max"}
+
+
 def resplit_scores(task, outputs: dict[str, np.ndarray], singles: list[str], resplits: int  # noqa: ANN001
                    ) -> tuple[dict[str, list[float]], list]:
     from sklearn.model_selection import train_test_split
 
     from monitor.training.recipe import choose_member, fit_head, metric_scorer
-    from monitor.training.stacking import fit_stack
+    from monitor.model_card import stack_features
+    from monitor.training.stacking import fit_stack, pool_matrix, pool_out_of_fold
 
     score = metric_scorer(task)
     gold, enc, lex = outputs["gold"], outputs["encoder"], outputs["lexical"]
     labels = len(task.labels)
     results: dict[str, list[float]] = {}
-    weights = []
+    weights, weights3 = [], []
     for r in range(resplits):
         val, test = train_test_split(np.arange(len(gold)), train_size=int(outputs["validation_rows"]),
                                      stratify=gold, random_state=r)
@@ -142,18 +153,30 @@ def resplit_scores(task, outputs: dict[str, np.ndarray], singles: list[str], res
         if pooled_floor is not None:
             members["stack (pool of encoder and tfidf_lr)"] = (
                 pooled_floor.oof_logits, pooled_floor.spec.combine(enc[test], floor[test]), "float32")
+            # Three members: the floor's configuration beside the lexical member.
+            x_val = np.concatenate([stack_features(encoder_head.calibration, enc[val], lex[val]), floor[val]], axis=1)
+            x_test = np.concatenate([stack_features(encoder_head.calibration, enc[test], lex[test]), floor[test]],
+                                    axis=1)
+            w3, b3, oof3 = pool_out_of_fold(x_val, vg, labels, pooled_floor.spec.folds)
+            weights3.append(w3)
+            members["stack (pool of encoder, lexical and tfidf_lr)"] = (
+                oof3, x_test @ pool_matrix(w3, labels).T + b3, "float32")
         on_validation = {}
         for name, (v, t, dtype) in members.items():
             head = fit_head(task, v, vg, score, dtype=dtype, seed=13)
             results.setdefault(name, []).append(head.scored(t, tg, score))
             on_validation[name] = head.scored(v, vg, score)
+            if name in DECISION_VARIANTS:  # the same calibration, each decision policy
+                for policy in ("tuned", "argmax", "prior"):
+                    other = fit_head(task, v, vg, score, dtype=dtype, seed=13, policy=policy)
+                    results.setdefault(f"{name}, {POLICY_NAMES[policy]}", []).append(other.scored(t, tg, score))
         for stack in ("stack (pool)", "stack (logistic)"):
             if stack in on_validation:
                 pick = choose_member({"encoder": on_validation["encoder"], "lexical": on_validation["lexical"],
                                       "stack": on_validation[stack]})
                 results.setdefault(f"best on validation, {stack}", []).append(
                     results[stack if pick == "stack" else pick][-1])
-    return results, weights
+    return results, (weights, weights3)
 
 
 def main() -> None:
@@ -184,7 +207,7 @@ def main() -> None:
         if singles and len(args.folders) > 1:
             parser.error("--single goes with one folder")
         outputs = held_out_outputs(folder, {name: Path(path) for name, path in singles.items()})
-        results, weights = resplit_scores(task, outputs, list(singles), args.resplits)
+        results, (weights, weights3) = resplit_scores(task, outputs, list(singles), args.resplits)
         table = Table("served", f"mean test {task.metric}", "standard error",
                       title=f"{task.name} ({folder}): {args.resplits} re-splits of {len(outputs['gold'])} held-out rows, "
                             f"validation {int(outputs['validation_rows'])}")
@@ -193,7 +216,8 @@ def main() -> None:
         console.print(table)
         alone = [name for name in ("tfidf_lr", *singles, "encoder", "lexical") if name in results]
         best = max(alone, key=lambda name: np.mean(results[name]))
-        for served in ("stack (pool)", "best on validation, stack (pool)"):
+        for served in ("stack (pool)", "stack (pool of encoder, lexical and tfidf_lr)",
+                       "best on validation, stack (pool)"):
             if served in results:
                 gap = np.array(results[served]) - np.array(results[best])
                 console.print(f"{served} - best single model ({best}): {gap.mean():+.4f} "
@@ -202,6 +226,10 @@ def main() -> None:
         if weights:
             mean = np.mean(weights, axis=0)
             console.print(f"pool weights (mean): encoder {mean[0]:.2f}, lexical {mean[1]:.2f}")
+        if weights3:
+            mean = np.mean(weights3, axis=0)
+            console.print(f"three-member pool weights (mean): encoder {mean[0]:.2f}, lexical {mean[1]:.2f}, "
+                          f"tfidf_lr {mean[2]:.2f}")
         plotted.append((task.name, results))
     plt = pyplot()
     fig, axes = plt.subplots(1, len(plotted), figsize=(4.5 * len(plotted), 4), squeeze=False)
