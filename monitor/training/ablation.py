@@ -184,7 +184,7 @@ def run_ablation(
 
 def ablation_markdown(rows: Sequence[dict], task: TaskDefinition) -> str:
     labels = list(task.labels)
-    head = ["variant", f"{rows[0]['task_metric_name']} (arg-max)", "task metric (tuned)", "macro-F1", "micro-F1",
+    head = ["variant", f"{rows[0]['task_metric_name']} (arg-max)", "task metric (served rule)", "macro-F1", "micro-F1",
             "ECE", *[f"F1 {label}" for label in labels], "train rows", "seconds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:

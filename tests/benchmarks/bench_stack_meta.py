@@ -232,7 +232,8 @@ def main() -> None:
                           f"tfidf_lr {mean[2]:.2f}")
         plotted.append((task.name, results))
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(plotted), figsize=(4.5 * len(plotted), 4), squeeze=False)
+    rows = max(len(results) for _, results in plotted)
+    fig, axes = plt.subplots(1, len(plotted), figsize=(4.5 * len(plotted), 1.5 + 0.2 * rows), squeeze=False)
     for ax, (name, results) in zip(axes[0], plotted, strict=True):
         names = list(results)
         means = [np.mean(results[n]) for n in names]

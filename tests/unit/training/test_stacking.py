@@ -146,3 +146,23 @@ def test_the_pool_is_the_likelihood_optimum_and_serves_as_a_coefficient_matrix()
     w = fitted.spec.weights
     expected = w[0] * x[:, :3] + w[1] * x[:, 3:] + np.asarray(fitted.spec.intercept)
     np.testing.assert_allclose(fitted.spec.combine(encoder, lexical), expected, atol=1e-4)
+
+
+def test_the_pool_fits_three_members_and_its_out_of_fold_logits_come_from_pools_without_the_row():
+    """Two informative members and one of pure noise: the noise gets (about) no weight, and each
+    out-of-fold row is scored by a pool fitted on the other folds only."""
+    from monitor.training.stacking import fit_pool, pool_matrix, pool_out_of_fold
+
+    gold, encoder, lexical = _members(2000, seed=4)
+    noise = np.random.default_rng(5).normal(0, 2.0, (2000, 3))
+    noise -= np.log(np.exp(noise).sum(axis=1, keepdims=True))
+    encoder_log_p = encoder - np.log(np.exp(encoder).sum(axis=1, keepdims=True))
+    features = np.concatenate([encoder_log_p, lexical, noise], axis=1)
+    weights, offsets, oof = pool_out_of_fold(features, gold, 3, folds=4, seed=1)
+    assert weights.shape == (3,) and offsets.shape == (3,) and offsets[0] == 0.0
+    assert weights[0] > 0.5 and weights[1] > 0.5 and weights[2] < 0.05, weights
+    assert pool_matrix(weights, 3).shape == (3, 9)
+    assert (fit_pool(features, gold, 3)[0] == weights).all()  # the served pool: every row
+    # A row's out-of-fold logits are not those of the pool fitted on every row (it never saw the row).
+    served = features @ pool_matrix(weights, 3).T + offsets
+    assert not np.allclose(oof, served) and float((oof.argmax(1) == gold).mean()) > 0.6
