@@ -15,8 +15,10 @@ ablation's TF-IDF floor (``tfidf_lr``, arg-max, trained on the rows the folder t
 ``--single`` folder (another fine-tune of the same task, data and split, with its own recipe's head)
 are scored on the same re-splits, so the stack is compared with the best single model in expectation
 (the paired difference over re-splits), not on one split of a few hundred rows. The floor is also
-scored as a lexical member would be (with its own calibration and decision rule, and pooled with the
-encoder in the lexical model's place).
+scored as a lexical member would be (with its own calibration and decision rule, pooled with the
+encoder in the lexical model's place, and pooled as a third member beside both). The members and the
+stack are also scored under each decision policy (tuned biases, arg-max, prior-corrected arg-max;
+``training.calibrate.decision_policy`` picks one by the task's metric for the rows that name none).
 
 Printed per folder: the mean test task metric (and its standard error over re-splits) of each member
 served alone, of each stack, and of choosing by the validation metric (``--serve best``), which is
