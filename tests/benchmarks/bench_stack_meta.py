@@ -49,7 +49,34 @@ def _encoder_logits(folder: Path, texts: list[str]) -> np.ndarray:
                              weights="float32").encoder_logits(texts)
 
 
-def held_out_outputs(folder: Path, singles: dict[str, Path]) -> dict[str, np.ndarray]:
+def lexical_by_cv(task, train, seed: int, folds: int = 5):  # noqa: ANN001, ANN201
+    """The lexical member with its regularisation chosen on the training rows instead of validation:
+    each ``REGULARISATION_GRID`` setting is fitted on 4/5 of them and predicts the rest, and the one
+    whose out-of-fold log-probabilities score highest (with a head fitted on them, under the task's
+    rule) is fitted on every training row. Returns (model, chosen setting's name, scores)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from monitor.lexical import REGULARISATION_GRID, LexicalModel
+    from monitor.training.recipe import fit_head, metric_scorer
+
+    texts = LexicalModel.prepare([e.text for e in train])
+    labels = list(task.labels)
+    gold = np.array([labels.index(e.label) for e in train])
+    oof = np.zeros((len(REGULARISATION_GRID), len(train), len(labels)))
+    for kept, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(texts, gold):
+        models = LexicalModel.fit_grid([texts[i] for i in kept], [train[i].label for i in kept], labels,
+                                       REGULARISATION_GRID, seed=seed)
+        for k, model in enumerate(models):
+            oof[k][held] = model.log_proba([texts[i] for i in held])
+    score = metric_scorer(task)
+    scores = [fit_head(task, oof[k], gold, score, dtype="float64", seed=seed).scored(oof[k], gold, score)
+              for k in range(len(REGULARISATION_GRID))]
+    best = int(np.argmax(scores))
+    model = LexicalModel.fit_grid(texts, [e.label for e in train], labels, [REGULARISATION_GRID[best]], seed=seed)[0]
+    return model, REGULARISATION_GRID[best].name(), {g.name(): round(v, 4) for g, v in zip(REGULARISATION_GRID, scores, strict=True)}
+
+
+def held_out_outputs(folder: Path, singles: dict[str, Path], *, lexical_cv: bool = False) -> dict[str, np.ndarray]:
     """Gold indices of the folder's validation rows then its test rows, how many are validation, the
     encoder's logits and the lexical model's log-probabilities of them, the TF-IDF floor's
     (``tfidf_lr``, trained on the training split) and the encoder logits of each other folder in
@@ -82,6 +109,11 @@ def held_out_outputs(folder: Path, singles: dict[str, Path]) -> dict[str, np.nda
     outputs = {"gold": np.array([task.labels.index(e.label) for e in examples]),
                "validation_rows": np.array(len(rows["validation"])), "encoder": _encoder_logits(folder, texts),
                "lexical": LexicalModel.load(folder).read_posts(texts), "tfidf_lr": np.log(np.clip(floor, 1e-12, 1))}
+    if lexical_cv:
+        model, chosen, scores = lexical_by_cv(task, train, split["seed"])
+        print(f"lexical member chosen on the training rows: {chosen} (out-of-fold {task.metric}: {scores}); "
+              f"the folder's: {card.data['stack'].get('lexical_regularisation', {}).get('chosen')}")
+        outputs["lexical (chosen on training rows)"] = model.read_posts(texts)
     for name, other in singles.items():
         other_card = read_card(other)
         if other_card.data.get("sha256") != card.data.get("sha256") or other_card.data.get("split") != split:
@@ -151,6 +183,13 @@ def resplit_scores(task, outputs: dict[str, np.ndarray], singles: list[str], res
             members["stack (logistic)"] = (oof, combine(enc[test], lex[test]), "float32")
         # The floor as a lexical member would be: its own head, and pooled with the encoder.
         members["tfidf_lr with a head"] = (floor[val], floor[test], "float64")
+        if "lexical (chosen on training rows)" in outputs:
+            cv = outputs["lexical (chosen on training rows)"]
+            members["lexical (chosen on training rows)"] = (cv[val], cv[test], "float64")
+            pooled_cv = fit_stack(encoder_head.calibration, enc[val], cv[val], vg, labels)
+            if pooled_cv is not None:
+                members["stack (pool, lexical chosen on training rows)"] = (
+                    pooled_cv.oof_logits, pooled_cv.spec.combine(enc[test], cv[test]), "float32")
         pooled_floor = fit_stack(encoder_head.calibration, enc[val], floor[val], vg, labels)
         if pooled_floor is not None:
             members["stack (pool of encoder and tfidf_lr)"] = (
@@ -197,6 +236,9 @@ def main() -> None:
                              "with its recipe's head (e.g. finetune_plain=/tmp/acc3/druglib_sentiment/finetune_plain); "
                              "repeatable; only with one folder")
     parser.add_argument("--resplits", type=int, default=40)
+    parser.add_argument("--lexical-cv", action="store_true",
+                        help="also a lexical member whose regularisation is chosen by 5-fold cross-validation on "
+                             "the training rows (not on validation), alone and pooled")
     parser.add_argument("--out", type=Path, default=Path("bench-stack-meta"))
     args = parser.parse_args()
     console = Console()
@@ -208,7 +250,8 @@ def main() -> None:
         singles = dict(item.split("=", 1) for item in args.single)
         if singles and len(args.folders) > 1:
             parser.error("--single goes with one folder")
-        outputs = held_out_outputs(folder, {name: Path(path) for name, path in singles.items()})
+        outputs = held_out_outputs(folder, {name: Path(path) for name, path in singles.items()},
+                                   lexical_cv=args.lexical_cv)
         results, (weights, weights3) = resplit_scores(task, outputs, list(singles), args.resplits)
         table = Table("served", f"mean test {task.metric}", "standard error",
                       title=f"{task.name} ({folder}): {args.resplits} re-splits of {len(outputs['gold'])} held-out rows, "
@@ -219,7 +262,7 @@ def main() -> None:
         alone = [name for name in ("tfidf_lr", *singles, "encoder", "lexical") if name in results]
         best = max(alone, key=lambda name: np.mean(results[name]))
         for served in ("stack (pool)", "stack (pool of encoder, lexical and tfidf_lr)",
-                       "best on validation, stack (pool)"):
+                       "stack (pool, lexical chosen on training rows)", "best on validation, stack (pool)"):
             if served in results:
                 gap = np.array(results[served]) - np.array(results[best])
                 console.print(f"{served} - best single model ({best}): {gap.mean():+.4f} "
