@@ -66,7 +66,7 @@ class DecisionRule(BaseModel):
     kind: Literal["argmax", "log_bias"] = "argmax"
     biases: list[float] = Field(default_factory=list, description="per-class log-biases tuned for the task metric")
     tuned_for: str | None = None
-    fitted: Literal["tuned", "argmax", "prior"] | None = Field(
+    fitted: Literal["tuned", "argmax", "prior", "plugin"] | None = Field(
         None, description="how the rule was chosen for its metric (training.calibrate.decision_policy); "
                           "unset on cards made before the choice")
 

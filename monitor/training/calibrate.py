@@ -83,8 +83,9 @@ def fit_calibration(logits: np.ndarray, gold: np.ndarray, *, dtype: str = "float
 
 
 #: How a decision rule is chosen: ``tuned`` log-biases that maximise the task metric on validation,
-#: the plain ``argmax``, or the ``prior``-corrected arg-max; ``decision_policy`` picks by metric.
-DecisionPolicy = Literal["tuned", "argmax", "prior"]
+#: the plain ``argmax``, the ``prior``-corrected arg-max, or (two classes) the ``plugin`` F1 threshold;
+#: ``decision_policy`` picks by metric (``plugin`` is measured by ``bench_stack_meta.py``, not chosen).
+DecisionPolicy = Literal["tuned", "argmax", "prior", "plugin"]
 
 
 def decision_policy(metric: str, *, over_all_labels: bool) -> DecisionPolicy:
@@ -121,10 +122,27 @@ def fit_decision(probabilities: np.ndarray, gold: np.ndarray, score: Callable[[n
     if policy == "prior":
         return DecisionRule(kind="log_bias", biases=[float(b) for b in prior_biases(gold, probabilities.shape[1])],
                             tuned_for=metric, fitted="prior")
+    if policy == "plugin":
+        if probabilities.shape[1] != 2:
+            raise ValueError("the plug-in F1 threshold is for two classes")
+        t = plugin_f1_threshold(probabilities[:, 1])
+        # The bias puts P(positive) = t itself on the positive side (the cut's own row was counted so).
+        return DecisionRule(kind="log_bias", biases=[0.0, float(np.log((1 - t) / t)) + 1e-9], tuned_for=metric,
+                            fitted="plugin")
     biases, _ = tune_biases(probabilities, gold, lambda pred: score(pred, gold))
     if not np.any(biases):
         return DecisionRule(tuned_for=metric, fitted="tuned")
     return DecisionRule(kind="log_bias", biases=[float(b) for b in biases], tuned_for=metric, fitted="tuned")
+
+
+def plugin_f1_threshold(positive: np.ndarray) -> float:
+    """The cut on calibrated P(positive) that maximises the F1 the probabilities themselves expect
+    (expected true positives 2 * sum of p over the predicted, over predicted count + sum of all p):
+    no label is read, so a few positives in validation cannot pull it around."""
+    p = np.sort(np.clip(np.asarray(positive, dtype=np.float64), 1e-6, 1 - 1e-6))[::-1]
+    expected = 2 * np.cumsum(p) / (np.arange(1, len(p) + 1) + p.sum())
+    k = int(np.argmax(expected))
+    return float(p[k])
 
 
 def prior_biases(gold: np.ndarray, labels: int) -> np.ndarray:

@@ -146,7 +146,8 @@ def logistic_stack(calibration, encoder: np.ndarray, lexical: np.ndarray, gold: 
 #: Members also scored under each decision policy (``training.calibrate.decision_policy`` picks one
 #: by the task's metric for the rows without a suffix).
 DECISION_VARIANTS = ("encoder", "lexical", "stack (pool)", "tfidf_lr with a head")
-POLICY_NAMES = {"tuned": "tuned biases", "argmax": "arg-max", "prior": "prior-corrected arg-max"}
+POLICY_NAMES = {"tuned": "tuned biases", "argmax": "arg-max", "prior": "prior-corrected arg-max",
+                "plugin": "plug-in F1 threshold"}
 
 
 def resplit_scores(task, outputs: dict[str, np.ndarray], singles: list[str], resplits: int  # noqa: ANN001
@@ -208,7 +209,7 @@ def resplit_scores(task, outputs: dict[str, np.ndarray], singles: list[str], res
             results.setdefault(name, []).append(head.scored(t, tg, score))
             on_validation[name] = head.scored(v, vg, score)
             if name in DECISION_VARIANTS:  # the same calibration, each decision policy
-                for policy in ("tuned", "argmax", "prior"):
+                for policy in ("tuned", "argmax", "prior", *(("plugin",) if labels == 2 else ())):
                     other = fit_head(task, v, vg, score, dtype=dtype, seed=13, policy=policy)
                     results.setdefault(f"{name}, {POLICY_NAMES[policy]}", []).append(other.scored(t, tg, score))
         for stack in ("stack (pool)", "stack (logistic)"):

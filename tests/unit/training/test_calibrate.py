@@ -220,3 +220,25 @@ def test_prior_biases():
     np.testing.assert_allclose(prior_biases(np.array([0] * 80 + [1] * 16 + [2] * 4), 3),
                                [0.0, np.log(5.0), np.log(20.0)])
     np.testing.assert_allclose(prior_biases(np.array([0, 0, 1, 1]), 3), [0.0, 0.0, np.log(4.0)])  # absent: half a row
+
+
+def test_the_plug_in_f1_threshold_reads_no_label_and_lands_near_the_best_cut():
+    """On calibrated probabilities the cut that maximises the F1 they expect is close to the cut that
+    maximises the F1 of the drawn labels, and below 0.5 (about F1*/2)."""
+    from monitor.training.calibrate import fit_decision, plugin_f1_threshold
+
+    rng = np.random.default_rng(7)
+    positive = 1 / (1 + np.exp(-rng.normal(-2.6, 1.6, 20000)))  # calibrated P(class 1), a 10% minority
+    gold = (rng.random(20000) < positive).astype(np.int64)
+    t = plugin_f1_threshold(positive)
+    best = max(np.linspace(0.02, 0.98, 97), key=lambda c: _f1_positive((positive >= c).astype(int), gold))
+    assert 0.1 < t < 0.45 and abs(t - best) < 0.08
+    best_f1 = _f1_positive((positive >= best).astype(int), gold)
+    assert _f1_positive((positive >= t).astype(int), gold) > best_f1 - 0.01
+    assert _f1_positive((positive >= t).astype(int), gold) > _f1_positive((positive >= 0.5).astype(int), gold) + 0.03
+    probabilities = np.stack([1 - positive, positive], axis=1)
+    rule = fit_decision(probabilities, gold, _f1_positive, policy="plugin")
+    assert rule.fitted == "plugin"
+    np.testing.assert_array_equal(rule.apply(probabilities), (positive >= t - 1e-9).astype(int))
+    # The labels play no part: other gold, the same rule.
+    assert fit_decision(probabilities, 1 - gold, _f1_positive, policy="plugin") == rule
