@@ -34,6 +34,8 @@ def print_card_summary(card: ModelCard, out: Path) -> None:
         rule = "prior-corrected arg-max, for its metric"
     elif decision is not None and decision.fitted == "argmax":
         rule = "arg-max, for its metric"
+    elif decision is not None and decision.fitted == "plugin":
+        rule = "plug-in F1 threshold"
     elif tuned:
         rule = "tuned biases"
     elif decision is not None and decision.tuned_for:
