@@ -154,8 +154,9 @@ def resplit_scores(task, outputs: dict[str, np.ndarray], singles: list[str], res
                    ) -> tuple[dict[str, list[float]], list]:
     from sklearn.model_selection import train_test_split
 
-    from monitor.training.recipe import choose_member, fit_head, metric_scorer
     from monitor.model_card import stack_features
+    from monitor.training.calibrate import fit_decision
+    from monitor.training.recipe import Head, choose_member, fit_head, metric_scorer
     from monitor.training.stacking import fit_stack, pool_matrix, pool_out_of_fold
 
     score = metric_scorer(task)
@@ -209,8 +210,10 @@ def resplit_scores(task, outputs: dict[str, np.ndarray], singles: list[str], res
             results.setdefault(name, []).append(head.scored(t, tg, score))
             on_validation[name] = head.scored(v, vg, score)
             if name in DECISION_VARIANTS:  # the same calibration, each decision policy
+                calibrated = head.calibration.apply(v)
                 for policy in ("tuned", "argmax", "prior", *(("plugin",) if labels == 2 else ())):
-                    other = fit_head(task, v, vg, score, dtype=dtype, seed=13, policy=policy)
+                    other = Head(head.calibration, fit_decision(calibrated, vg, score, metric=task.metric,
+                                                                policy=policy))
                     results.setdefault(f"{name}, {POLICY_NAMES[policy]}", []).append(other.scored(t, tg, score))
         for stack in ("stack (pool)", "stack (logistic)"):
             if stack in on_validation:
