@@ -158,8 +158,14 @@ def fit_head(task: TaskDefinition, logits: np.ndarray, gold: np.ndarray, score: 
     calibration = fit_calibration(logits, gold, dtype=dtype, seed=seed)
     if policy is None:
         policy = decision_policy(task.metric, over_all_labels=not task.metric_labels
-                                 or set(task.metric_labels) == set(task.labels))
-    return Head(calibration, fit_decision(calibration.apply(logits), gold, score, metric=task.metric, policy=policy))
+                                 or set(task.metric_labels) == set(task.labels), labels=len(task.labels))
+    return Head(calibration, fit_decision(calibration.apply(logits), gold, score, metric=task.metric, policy=policy,
+                                          positive=positive_index(task)))
+
+
+def positive_index(task: TaskDefinition) -> int:
+    """The index of the class whose F1 is the task's metric (``positive_label``); 1 where none is named."""
+    return list(task.labels).index(task.positive_label) if task.positive_label in task.labels else 1
 
 
 def fit_lexical_member(task: TaskDefinition, train: Sequence[Example], val: Sequence[Example], val_gold: np.ndarray,

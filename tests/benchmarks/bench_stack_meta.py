@@ -156,7 +156,7 @@ def resplit_scores(task, outputs: dict[str, np.ndarray], singles: list[str], res
 
     from monitor.model_card import stack_features
     from monitor.training.calibrate import fit_decision
-    from monitor.training.recipe import Head, choose_member, fit_head, metric_scorer
+    from monitor.training.recipe import Head, choose_member, fit_head, metric_scorer, positive_index
     from monitor.training.stacking import fit_stack, pool_matrix, pool_out_of_fold
 
     score = metric_scorer(task)
@@ -213,7 +213,7 @@ def resplit_scores(task, outputs: dict[str, np.ndarray], singles: list[str], res
                 calibrated = head.calibration.apply(v)
                 for policy in ("tuned", "argmax", "prior", *(("plugin",) if labels == 2 else ())):
                     other = Head(head.calibration, fit_decision(calibrated, vg, score, metric=task.metric,
-                                                                policy=policy))
+                                                                policy=policy, positive=positive_index(task)))
                     results.setdefault(f"{name}, {POLICY_NAMES[policy]}", []).append(other.scored(t, tg, score))
         for stack in ("stack (pool)", "stack (logistic)"):
             if stack in on_validation:

@@ -167,7 +167,8 @@ def test_the_decision_policy_follows_the_metric():
     from monitor.training.calibrate import decision_policy
 
     assert decision_policy("macro_f1", over_all_labels=True) == "prior"
-    assert decision_policy("f1_positive", over_all_labels=True) == "tuned"
+    assert decision_policy("f1_positive", over_all_labels=True) == "plugin"
+    assert decision_policy("f1_positive", over_all_labels=True, labels=3) == "tuned"  # no one cut
     assert decision_policy("micro_f1", over_all_labels=True) == "tuned"  # the arg-max would never serve a rare class
     assert decision_policy("macro_f1", over_all_labels=False) == "tuned"
 
@@ -242,3 +243,25 @@ def test_the_plug_in_f1_threshold_reads_no_label_and_lands_near_the_best_cut():
     np.testing.assert_array_equal(rule.apply(probabilities), (positive >= t - 1e-9).astype(int))
     # The labels play no part: other gold, the same rule.
     assert fit_decision(probabilities, 1 - gold, _f1_positive, policy="plugin") == rule
+    # The positive class first: the same cut, on its column.
+    swapped = fit_decision(probabilities[:, ::-1], gold, _f1_positive, policy="plugin", positive=0)
+    np.testing.assert_array_equal(swapped.apply(probabilities[:, ::-1]), 1 - rule.apply(probabilities))
+    with pytest.raises(ValueError, match="two classes"):
+        fit_decision(np.full((4, 3), 1 / 3), np.zeros(4, dtype=np.int64), _f1_positive, policy="plugin")
+
+
+def test_a_task_whose_metric_is_f1_of_one_class_gets_the_plug_in_cut_on_that_class():
+    """``fit_head`` derives the rule from the task: f1_positive of two classes is the plug-in cut on
+    the positive label's column, wherever that label stands."""
+    from monitor.tasks import load_task
+    from monitor.training.recipe import fit_head, metric_scorer, positive_index
+
+    task = load_task("druglib_adverse")
+    assert positive_index(task) == list(task.labels).index(task.positive_label)
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 1, (300, 2))
+    logits[:, positive_index(task)] -= 1.5  # a minority
+    gold = np.array([rng.choice(2, p=np.exp(z) / np.exp(z).sum()) for z in logits])
+    head = fit_head(task, logits, gold, metric_scorer(task), dtype="float64", seed=0)
+    assert head.decision.fitted == "plugin"
+    assert head.decision.biases[positive_index(task)] > 0  # the cut lies below 0.5
