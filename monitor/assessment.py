@@ -28,6 +28,7 @@ from pathlib import Path
 from monitor.evaluation import auroc, auroc_p_value, confusion_matrix, task_metric
 from monitor.inference import Classifier, Explainer
 from monitor.explainer.policy import Candidate, Policy, apply_verdict, select_for_explanation
+from monitor.explainer.support import restates_post
 from monitor.records import Explanation
 from monitor.tasks import TaskDefinition
 
@@ -130,6 +131,7 @@ class Assessment:
     split: str = ""
     quality: VerdictQuality | None = None
     unsupported: int = 0  # rationales that name a drug, symptom or number the post lacks
+    restated: int = 0  # rationales that are mostly the post's own words (support.restates_post)
     examples: list[dict] = field(default_factory=list)
 
     @property
@@ -280,6 +282,7 @@ def assess(
         cache_hits=explainer.cache_hits - hits_before,
         allowed_mode=mode, why=why, split=split, quality=quality,
         unsupported=sum(bool(e.unsupported) for e in results.values()),
+        restated=sum(bool(e.rationale) and restates_post(e.rationale, texts[i]) for i, e in results.items()),
         examples=[{"text": texts[i][:300], "gold": gold[i], "predicted": predicted[i], "verdict": e.verdict,
                    "confirm_score": e.confirm_score, "suggested": e.suggested_label, "evidence": e.evidence,
                    "rationale": e.rationale, "unsupported": e.unsupported, "reason": e.reason}

@@ -115,9 +115,10 @@ def explain_eval(
     """Measure the explainer under the worker's escalation policy: whether its verdicts carry information
     (AUROC of P(confirm) for a right label, confirm rate on right and wrong labels, verdict F1 at a
     threshold fitted on validation; below AUROC 0.6 verdicts are withheld), rationales naming what the
-    post lacks, the classifier evidence's faithfulness, F1 before/after, flips and how many were right,
-    unverified share, explanations/s, and the adversarial suite against benign edits. The grant is decided on the model's validation split (the test split is reported beside it)
-    and recorded for (LLM, prompt version, escalation policy): `correct` mode only if the task metric
+    post lacks and rationales that only quote the post back, the classifier evidence's faithfulness, F1
+    before/after, flips and how many were right, unverified share, explanations/s, and the adversarial
+    suite against benign edits. The grant is decided on the model's validation split (the test split is
+    reported beside it) and recorded for (LLM, prompt version, escalation policy): `correct` mode only if the task metric
     does not drop, the flips beat chance, and attacks move verdicts no more than benign edits do."""
     from monitor.assessment import Robustness, assess, write_policy
     from monitor.attribution import faithfulness
@@ -180,6 +181,7 @@ def explain_eval(
         ("verdict macro-F1 at P(confirm) threshold", quality(lambda q: f"{q.verdict_f1:.3f} at {q.threshold:.3f}")),
         ("verdicts informative", quality(lambda q: "yes" if q.informative else "NO (withheld)")),
         ("rationales naming what the post lacks", lambda r: f"{r.unsupported} of {r.verified + r.unverified}"),
+        ("rationales that restate the post", lambda r: f"{r.restated} of {r.verified + r.unverified}"),
         (f"{grant.metric_name} before -> after", lambda r: f"{r.metric_before:.4f} -> {r.metric_after:.4f}"),
         ("escalated", lambda r: f"{r.escalated} ({r.escalated / max(r.posts, 1):.1%})"),
         ("verified / unverified", lambda r: f"{r.verified} / {r.unverified} ({r.unverified_share:.1%} unverified)"),

@@ -427,3 +427,36 @@ def check_rationale(rationale: str, post: str, *, allowed: Iterable[str] = ()) -
         present |= _present_terms(_tokens(text.replace("_", " ")))
     claimed = dict.fromkeys(_claimed_terms(_tokens(rationale)))
     return SupportCheck(tuple(term for term in claimed if term not in present))
+
+
+#: A reason is a restatement when at least ``RESTATES_SHARE`` of its words lie in runs of at least
+#: ``COPY_RUN`` consecutive words that the post has in the same order: it tells the reader nothing the
+#: evidence line did not (small LLMs often answer "why" by quoting the post back).
+COPY_RUN = 3
+RESTATES_SHARE = 0.7
+
+
+def _sequence(text: str) -> list[str]:
+    """Words and numbers in order (NFKC, casefold, possessive 's dropped); punctuation ignored."""
+    return [m["number"] or m["word"].removesuffix("'s") for m in _TOKEN.finditer(_normalise(text))]
+
+
+def copied_share(rationale: str, post: str) -> float:
+    """The share of the rationale's words (and numbers) inside a run of at least ``COPY_RUN`` of them
+    that the post also has, consecutively and in the same order; 0.0 for a rationale without words.
+    A rationale shorter than ``COPY_RUN`` words can only be copied whole."""
+    said, source = _sequence(rationale), _sequence(post)
+    if not said:
+        return 0.0
+    run = min(COPY_RUN, len(said))
+    grams = {tuple(source[i:i + run]) for i in range(len(source) - run + 1)}
+    covered = [False] * len(said)
+    for i in range(len(said) - run + 1):
+        if tuple(said[i:i + run]) in grams:
+            covered[i:i + run] = [True] * run
+    return sum(covered) / len(said)
+
+
+def restates_post(rationale: str, post: str) -> bool:
+    """Whether the rationale is mostly the post's own words (``copied_share`` >= ``RESTATES_SHARE``)."""
+    return copied_share(rationale, post) >= RESTATES_SHARE

@@ -165,3 +165,22 @@ def test_an_auroc_measured_on_a_handful_of_cases_is_not_taken_as_information():
     scores = [float(np.clip((0.65 if r else 0.45) + rng.normal(0, 0.15), 0, 1)) for r in right]
     q = verdict_quality(scores, right)
     assert q.auroc > 0.7 and q.auroc_p < 0.05 and q.informative
+
+
+def test_rationales_that_quote_the_post_back_are_counted():
+    """explain-eval counts the reasons that are mostly the post's own words (a reason in other words is
+    not counted, however short)."""
+    texts = [f"post {i}: the tablets gave me a headache every single morning" for i in range(10)]
+    gold = {t: LABELS[i % 2] for i, t in enumerate(texts)}
+
+    class Quoting(Explainer):
+        def explain(self, task, text, predicted_label, *, evidence_line=None, threshold=0.5):
+            own = super().explain(task, text, predicted_label, threshold=threshold)
+            copied = int(text.split(":")[0].split()[1]) < 3  # posts 0-2 get their own words back
+            reason = ("The tablets gave me a headache every single morning." if copied
+                      else "Daily headaches are a known reaction, not a severe one.")
+            return own.model_copy(update={"rationale": reason})
+
+    report = assess(TableClassifier(gold), Quoting(lambda *_: 0.9, gold), TASK, texts, [gold[t] for t in texts],
+                    EVERYTHING)
+    assert report.verified == 10 and report.restated == 3

@@ -202,3 +202,42 @@ def test_the_module_is_pure_standard_library():
             "print(sorted({'numpy', 'torch', 'sqlalchemy'} & {m.split('.')[0] for m in sys.modules}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# -- reasons that restate the post ---------------------------------------------------------------
+
+def test_a_reason_copied_from_the_post_is_a_restatement():
+    from monitor.explainer.support import copied_share, restates_post
+
+    post = "Lisinopril gave me a dry cough that kept me up every night, switched after two months."
+    assert copied_share("Lisinopril gave me a dry cough that kept me up every night, switched after two months.",
+                        post) == 1.0
+    # Case, punctuation and typographic apostrophes do not hide a copy.
+    assert restates_post("LISINOPRIL gave me a dry cough -- that kept me up every night!", post)
+    # Stitched from two places of the post, each run of three words or more: still the post's words.
+    long_post = "Three weeks on sertraline and honestly I feel more like myself again, no side effects."
+    assert copied_share("Three weeks on sertraline and no side effects.", long_post) == 1.0
+
+
+def test_a_reason_in_its_own_words_is_not_a_restatement():
+    from monitor.explainer.support import copied_share, restates_post
+
+    post = "Lisinopril gave me a dry cough that kept me up every night, switched after two months."
+    reason = "The cough from lisinopril was bad enough that the reviewer changed drugs."
+    assert copied_share(reason, post) == 0.0  # the shared words never run three in a row
+    assert not restates_post(reason, post)
+    # A quoted phrase inside a real reason: copied in part, below the share.
+    quoted = "A cough that kept me up every night is a side effect serious enough to switch drugs."
+    share = copied_share(quoted, post)
+    assert 0.3 < share < 0.7 and not restates_post(quoted, post)
+
+
+def test_copied_share_edges():
+    from monitor.explainer.support import copied_share
+
+    assert copied_share("", "anything at all") == 0.0
+    assert copied_share("...", "anything at all") == 0.0
+    assert copied_share("dry cough", "a dry cough at night") == 1.0  # shorter than a run: copied whole
+    assert copied_share("dry night", "a dry cough at night") == 0.0
+    assert copied_share("took 20 mg daily", "I took 20 mg daily for a week") == 1.0  # numbers are words here
+    assert copied_share("took 200 mg daily", "I took 20 mg daily for a week") == 0.0
