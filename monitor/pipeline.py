@@ -24,7 +24,7 @@ from monitor.attribution import occlusion
 from monitor.cases import Admission, Case, Decision
 from monitor.explainer.policy import Candidate, ExplanationBudget, Policy, apply_verdict, escalation_reason
 from monitor.explainer.prompts import prompt_version
-from monitor.explainer.support import check_rationale
+from monitor.explainer.support import check_rationale, restates_post
 from monitor.inference import Classifier, Explainer
 from monitor.records import Explanation, Post, Prediction
 from monitor.runtime import Runtime, TaskModel
@@ -192,6 +192,8 @@ def explain_case(case: Case, model: TaskModel, explainer: Explainer, budget: Exp
         telemetry.LLM_SECONDS.labels(task).observe(time.perf_counter() - started)
         if explanation.unsupported:
             telemetry.UNSUPPORTED.labels(task).inc()
+        if explanation.rationale and restates_post(explanation.rationale, case.post.text):
+            telemetry.RESTATED.labels(task).inc()
     final, decided_by = apply_verdict(predicted, explanation.verdict, explanation.suggested_label, model.mode)
     telemetry.EXPLANATIONS.labels(task, explanation.verdict).inc()
     if final != predicted:

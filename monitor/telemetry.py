@@ -55,6 +55,9 @@ EXPLANATIONS = Counter("monitor_explanations_total",
                        ["task", "verdict"])
 UNSUPPORTED = Counter("monitor_explanations_unsupported_total",
                       "Rationales that name a drug, symptom or number the post does not contain, by task", ["task"])
+RESTATED = Counter("monitor_explanations_restated_total",
+                   "Rationales that are mostly the post's own words quoted back (explainer.support.restates_post), "
+                   "by task", ["task"])
 FLIPS = Counter("monitor_flips_total", "Labels changed by an explainer verdict, by task", ["task"])
 NOT_EXPLAINED = Counter("monitor_not_explained_total",
                         "Escalations kept with the classifier label because the explainer was over budget",

@@ -95,6 +95,17 @@ def test_a_rationale_naming_what_the_post_lacks_is_flagged_and_counted():
     assert telemetry.UNSUPPORTED.labels(TASK.name)._value.get() == before + 1  # noqa: SLF001
 
 
+def test_a_rationale_that_quotes_the_post_back_is_counted():
+    from monitor import telemetry
+
+    before = telemetry.RESTATED.labels(TASK.name)._value.get()  # noqa: SLF001
+    model = TaskModel(Path("m"), TASK, CARD, verdicts_shown=True)
+    explain_case(_case(age_s=1), model, RecordingExplainer("Nausea."), None)  # the post is "nausea"
+    assert telemetry.RESTATED.labels(TASK.name)._value.get() == before + 1  # noqa: SLF001
+    explain_case(_case(age_s=1), model, RecordingExplainer("The post reports nausea."), None)
+    assert telemetry.RESTATED.labels(TASK.name)._value.get() == before + 1  # noqa: SLF001
+
+
 def test_a_case_admitted_where_it_was_classified_is_not_charged_again():
     explainer = RecordingExplainer()
     model = TaskModel(Path("m"), TASK, CARD, verdicts_shown=True)
