@@ -118,8 +118,9 @@ def explain_eval(
     post lacks and rationales that only quote the post back, the classifier evidence's faithfulness, F1
     before/after, flips and how many were right, unverified share, explanations/s, and the adversarial
     suite against benign edits. The grant is decided on the model's validation split (the test split is
-    reported beside it) and recorded for (LLM, prompt version, escalation policy): `correct` mode only if the task metric
-    does not drop, the flips beat chance, and attacks move verdicts no more than benign edits do."""
+    reported beside it) and recorded for (LLM, prompt version, escalation policy): `correct` mode only
+    if the task metric does not drop, the flips beat chance, and attacks move verdicts no more than
+    benign edits do."""
     from monitor.assessment import Robustness, assess, write_policy
     from monitor.attribution import faithfulness
     from monitor.pipeline import checked
