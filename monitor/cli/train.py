@@ -29,11 +29,11 @@ def print_card_summary(card: ModelCard, out: Path) -> None:
     table.add_column("value", justify="right")
     decision = card.decision
     tuned = decision is not None and decision.kind == "log_bias"
-    fixed = {"prior": "prior-corrected arg-max, for its metric", "argmax": "arg-max, for its metric",
+    named = {"prior": "prior-corrected arg-max, for its metric", "argmax": "arg-max, for its metric",
              "plugin": "plug-in F1 threshold"}
     rule = "arg-max"
-    if decision is not None and decision.fitted in fixed:
-        rule = fixed[decision.fitted]
+    if decision is not None and decision.fitted in named:
+        rule = named[decision.fitted]
     elif tuned:
         rule = "tuned biases"
     elif decision is not None and decision.tuned_for:

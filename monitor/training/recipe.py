@@ -157,8 +157,8 @@ def fit_head(task: TaskDefinition, logits: np.ndarray, gold: np.ndarray, score: 
     """Calibration, then the decision rule ``policy`` says (default: the one for the task's metric)."""
     calibration = fit_calibration(logits, gold, dtype=dtype, seed=seed)
     if policy is None:
-        policy = decision_policy(task.metric, over_all_labels=not task.metric_labels
-                                 or set(task.metric_labels) == set(task.labels), labels=len(task.labels))
+        policy = decision_policy(task.metric, over_all_labels=set(task.scored_labels) == set(task.labels),
+                                 labels=len(task.labels))
     return Head(calibration, fit_decision(calibration.apply(logits), gold, score, metric=task.metric, policy=policy,
                                           positive=positive_index(task)))
 

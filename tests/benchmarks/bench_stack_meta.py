@@ -17,7 +17,8 @@ are scored on the same re-splits, so the stack is compared with the best single 
 (the paired difference over re-splits), not on one split of a few hundred rows. The floor is also
 scored as a lexical member would be (with its own calibration and decision rule, pooled with the
 encoder in the lexical model's place, and pooled as a third member beside both). The members and the
-stack are also scored under each decision policy (tuned biases, arg-max, prior-corrected arg-max;
+stack are also scored under each decision policy (tuned biases, arg-max, prior-corrected arg-max and,
+with two classes, the plug-in F1 threshold;
 ``training.calibrate.decision_policy`` picks one by the task's metric for the rows that name none).
 
 Printed per folder: the mean test task metric (and its standard error over re-splits) of each member
@@ -79,7 +80,7 @@ def lexical_by_cv(task, train, seed: int, folds: int = 5):  # noqa: ANN001, ANN2
 def held_out_outputs(folder: Path, singles: dict[str, Path], *, lexical_cv: bool = False) -> dict[str, np.ndarray]:
     """Gold indices of the folder's validation rows then its test rows, how many are validation, the
     encoder's logits and the lexical model's log-probabilities of them, the TF-IDF floor's
-    (``tfidf_lr``, trained on the training split) and the encoder logits of each other folder in
+    (``tfidf_lr``, trained on the rows the folder trained on) and the encoder logits of each other folder in
     ``singles`` (same task, data and split)."""
     from monitor.errors import ConfigError
     from monitor.lexical import LexicalModel
@@ -211,7 +212,7 @@ def resplit_scores(task, outputs: dict[str, np.ndarray], singles: list[str], res
             on_validation[name] = head.scored(v, vg, score)
             if name in DECISION_VARIANTS:  # the same calibration, each decision policy
                 calibrated = head.calibration.apply(v)
-                for policy in ("tuned", "argmax", "prior", *(("plugin",) if labels == 2 else ())):
+                for policy in (p for p in POLICY_NAMES if p != "plugin" or labels == 2):
                     other = Head(head.calibration, fit_decision(calibrated, vg, score, metric=task.metric,
                                                                 policy=policy, positive=positive_index(task)))
                     results.setdefault(f"{name}, {POLICY_NAMES[policy]}", []).append(other.scored(t, tg, score))
